@@ -1,0 +1,174 @@
+"""Project-specific checks of infra/template.yaml that generic linters cannot make.
+
+    python infra/tools/check_template.py [infra/template.yaml]
+
+1. The policy environment variables are exactly those crates/control/src/policy.rs reads
+   (its SETTINGS table), so a rename on either side fails CI instead of silently dropping a
+   setting. Skipped with a notice while policy.rs does not exist.
+2. No IAM Allow statement grants an action with a wildcard; Resource "*" appears only for the
+   actions that support no resource-level permissions (listed below).
+3. Each function is a Rust cargo-lambda build of an existing workspace member whose package
+   name is the BuildProperties Binary, on provided.al2023 / arm64 / bootstrap.
+4. Every EventBridge rule target has a retry policy and a dead-letter queue.
+
+Exits 1 listing every violation. Needs PyYAML (any of the tool venvs has it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from typing import Any
+
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+POLICY_RS = os.path.join(ROOT, "crates", "control", "src", "policy.rs")
+# Variables the template sets that are not policy settings (owned by the Lambdas' shells).
+NON_POLICY_VARS = {"SPOTCHECK_LEDGER_BUCKET", "SPOTCHECK_LEDGER_PREFIX", "SPOTCHECK_PRICE_TABLE"}
+# Actions that support no resource-level permissions (Service Authorization Reference).
+STAR_RESOURCE_OK = {"ec2:DescribeTags", "ec2:DescribeInstances"}
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML loader that keeps CloudFormation short-form tags as {"Fn::X": value}."""
+
+
+def _intrinsic(loader: CfnLoader, suffix: str, node: yaml.Node) -> Any:
+    name = suffix if suffix in ("Ref", "Condition") else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load_template(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def policy_env_names() -> set[str] | None:
+    if not os.path.exists(POLICY_RS):
+        return None
+    text = open(POLICY_RS, encoding="utf-8").read()
+    block = re.search(r"const SETTINGS[^=]*=\s*\[(.*?)\];", text, re.S)
+    source = block.group(1) if block else text
+    return set(re.findall(r'"(SPOTCHECK_[A-Z0-9_]+)"', source))
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def statements(document: Any) -> list[dict[str, Any]]:
+    """Statements of a policy document, looking through Fn::If branches."""
+    found: list[dict[str, Any]] = []
+    for stmt in as_list(document.get("Statement", [])):
+        if isinstance(stmt, dict) and "Fn::If" in stmt:
+            for branch in stmt["Fn::If"][1:]:
+                if isinstance(branch, dict) and "Effect" in branch:
+                    found.append(branch)
+        elif isinstance(stmt, dict):
+            found.append(stmt)
+    return found
+
+
+def check(path: str) -> list[str]:
+    errors: list[str] = []
+    template = load_template(path)
+    resources: dict[str, Any] = template["Resources"]
+    env = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+
+    # 1. policy variables
+    expected = policy_env_names()
+    if expected is None:
+        print(f"notice: {POLICY_RS} not found; policy variable names not cross-checked")
+    else:
+        have = {k for k in env if k not in NON_POLICY_VARS}
+        for name in sorted(expected - have):
+            errors.append(f"policy.rs reads {name}, the template does not set it")
+        for name in sorted(have - expected):
+            errors.append(f"the template sets {name}, policy.rs does not read it")
+
+    # 2. IAM
+    for name, res in resources.items():
+        docs: list[Any] = []
+        if res["Type"] == "AWS::IAM::Role":
+            docs = [p["PolicyDocument"] for p in res["Properties"].get("Policies", [])]
+        elif res["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            docs = [res["Properties"]["PolicyDocument"]]
+        for doc in docs:
+            for stmt in statements(doc):
+                if stmt.get("Effect") != "Allow":
+                    continue
+                actions = as_list(stmt.get("Action", []))
+                sid = stmt.get("Sid", "?")
+                for action in actions:
+                    if "*" in str(action):
+                        errors.append(f"{name}/{sid}: wildcard action {action}")
+                if "*" in as_list(stmt.get("Resource", [])):
+                    bad = [a for a in actions if a not in STAR_RESOURCE_OK]
+                    if bad:
+                        errors.append(f"{name}/{sid}: Resource '*' for {bad}")
+
+    # 3. functions
+    workspace = tomllib.load(open(os.path.join(ROOT, "Cargo.toml"), "rb"))
+    members = set(workspace.get("workspace", {}).get("members", []))
+    globals_fn = template.get("Globals", {}).get("Function", {})
+    for name, res in resources.items():
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        props = {**globals_fn, **res.get("Properties", {})}
+        meta = res.get("Metadata", {})
+        for key, want in (("Runtime", "provided.al2023"), ("Handler", "bootstrap"), ("Architectures", ["arm64"])):
+            if props.get(key) != want:
+                errors.append(f"{name}: {key} is {props.get(key)!r}, expected {want!r}")
+        if meta.get("BuildMethod") != "rust-cargolambda":
+            errors.append(f"{name}: Metadata.BuildMethod must be rust-cargolambda")
+        binary = meta.get("BuildProperties", {}).get("Binary")
+        code = props.get("CodeUri", "")
+        crate_dir = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), code))
+        rel = os.path.relpath(crate_dir, ROOT)
+        manifest = os.path.join(crate_dir, "Cargo.toml")
+        if rel not in members:
+            errors.append(f"{name}: CodeUri {code} ({rel}) is not a workspace member")
+        if not os.path.exists(manifest):
+            errors.append(f"{name}: {manifest} does not exist")
+        else:
+            package = tomllib.load(open(manifest, "rb")).get("package", {}).get("name")
+            if package != binary:
+                errors.append(f"{name}: Binary {binary!r} but {rel}/Cargo.toml builds {package!r}")
+
+    # 4. rule targets
+    for name, res in resources.items():
+        if res["Type"] != "AWS::Events::Rule":
+            continue
+        for target in res["Properties"].get("Targets", []):
+            for key in ("RetryPolicy", "DeadLetterConfig"):
+                if key not in target:
+                    errors.append(f"{name}/{target.get('Id')}: no {key}")
+    return errors
+
+
+def main(argv: list[str]) -> int:
+    path = argv[1] if len(argv) > 1 else os.path.join(ROOT, "infra", "template.yaml")
+    errors = check(path)
+    for error in errors:
+        print(f"{path}: {error}", file=sys.stderr)
+    if not errors:
+        print(f"{path}: project checks passed")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
