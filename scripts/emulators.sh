@@ -11,11 +11,15 @@
 #                                    eval "$(scripts/emulators.sh env)"
 #   scripts/emulators.sh stop      stop both (by their pid files)
 #
-# Ports: SPOTCHECK_LOCALSTACK_PORT (4566), SPOTCHECK_MOTO_PORT (5000). Start timeout per emulator:
+# Ports: SPOTCHECK_LOCALSTACK_PORT (4566), SPOTCHECK_MOTO_PORT (5000); LocalStack services:
+# SPOTCHECK_LOCALSTACK_SERVICES (the list above). Start timeout per emulator:
 # SPOTCHECK_EMULATOR_TIMEOUT seconds (120). Logs and pid files: target/emulators/.
 # Needs python3.11 (PYTHON=...) and PyPI for the first install. LocalStack runs on the host
 # (`python -m localstack.runtime.main`); its Lambda executor needs Docker, so Lambda invocation is
-# not emulated (creating functions works). See /work/shared/notes/emulators.md for the limits.
+# not emulated, and neither is creating functions through CloudFormation (LocalStack then tries
+# to pull the runtime image and the stack fails), so infra/template.yaml cannot be deployed into
+# it; it is checked statically (scripts/static-checks.sh) and its event patterns here
+# (scripts/emulators-smoke.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +32,7 @@ STATE=target/emulators
 REQ=tests/python-requirements
 LOCALSTACK_LOCK=$REQ/localstack-4.3.0-py311.lock.txt
 MOTO_LOCK=$REQ/moto.lock.txt
-LOCALSTACK_SERVICES=s3,events,sqs,sts,iam,cloudformation,logs
+LOCALSTACK_SERVICES=${SPOTCHECK_LOCALSTACK_SERVICES:-s3,events,sqs,sts,iam,cloudformation,logs}
 
 # LocalStack 4.3.0's default (twisted) gateway ignores the host of GATEWAY_LISTEN for IPv4 and
 # listens on 0.0.0.0 ("TODO: interface = host?" in localstack/runtime/server/twisted.py); its
