@@ -1,1 +1,163 @@
-fn main() {}
+//! `train`: the entry point SageMaker runs in a training image (`docker run IMAGE train`).
+//!
+//! Exit codes: 0 training complete; 143 stopped by SIGTERM/SIGINT or a spot notice after the
+//! checkpoint of the last step became durable (resume by running again); 1 error (the reason is
+//! also written to SageMaker's failure file); 2 usage error.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use spotcheck_trainer::backend::{self, Chosen};
+use spotcheck_trainer::hyper::Hyperparameters;
+use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
+use spotcheck_trainer::signals::{self, StopFlags};
+use spotcheck_trainer::train::{self, Outcome, Run};
+
+/// Exit code after a stop with a durable checkpoint.
+const EXIT_INTERRUPTED: u8 = 143;
+
+/// Trains an image classifier the spot-safe way. Every path defaults to SageMaker's contract
+/// (`/opt/ml/...`, `SM_*` variables); flags override them for local runs.
+#[derive(Parser, Debug)]
+#[command(name = "train", version)]
+struct Args {
+    /// Training data folder (IDX files or class sub-folders).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Evaluation data folder.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Checkpoint root (SageMaker syncs it to S3).
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Where the final model goes.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Hyperparameters JSON file.
+    #[arg(long)]
+    hyperparameters: Option<PathBuf>,
+    /// Extra hyperparameters as NAME=VALUE (win over the file).
+    #[arg(long = "hp", value_name = "NAME=VALUE")]
+    hp: Vec<String>,
+    /// Host name that namespaces checkpoints (default: SM_CURRENT_HOST or algo-1).
+    #[arg(long)]
+    host: Option<String>,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPOTCHECK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if std::io::stdout().is_terminal() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .compact()
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    }
+}
+
+fn hyperparameters(args: &Args, file: Option<&PathBuf>) -> Result<(Hyperparameters, String)> {
+    let mut map: BTreeMap<String, serde_json::Value> = match file {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a JSON object", p.display()))?
+        }
+        None => BTreeMap::new(),
+    };
+    for kv in &args.hp {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--hp {kv}: expected NAME=VALUE"))?;
+        map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
+    let text = serde_json::to_string(&map)?;
+    Ok((Hyperparameters::from_map(&map)?, text))
+}
+
+fn run(args: Args) -> Result<Outcome> {
+    let overrides = Overrides {
+        data: args.data.clone(),
+        test_data: args.test_data.clone(),
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        model_dir: args.model_dir.clone(),
+        hyperparameters: args.hyperparameters.clone(),
+        host: args.host.clone(),
+    };
+    // The channel names are hyperparameters themselves, so resolve the file first.
+    let pre = sagemaker::resolve(&overrides, &RealEnvironment, "train", "test");
+    let (hp, hp_text) = hyperparameters(&args, pre.hyperparameters.as_ref())?;
+    let paths = sagemaker::resolve(
+        &overrides,
+        &RealEnvironment,
+        &hp.train_channel,
+        &hp.test_channel,
+    );
+    let flags = StopFlags::default();
+    flags
+        .install_signal_handlers()
+        .context("installing signal handlers")?;
+    let vendor = std::fs::read_to_string("/sys/devices/virtual/dmi/id/sys_vendor").ok();
+    if let Some(endpoint) = signals::imds_endpoint(
+        std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok(),
+        vendor,
+        std::env::var("SPOTCHECK_IMDS").ok(),
+    ) {
+        tracing::info!(event = "imds_polling", endpoint = %endpoint, "polling for spot notices every 5 s");
+        signals::spawn_imds_poller(endpoint, flags.clone(), signals::POLL_EVERY);
+    }
+    let chosen = backend::choose(
+        hp.backend,
+        backend::CUDA_BUILT,
+        backend::CUDA_BUILT && backend::cuda_driver_present(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(event = "start", backend = ?chosen, host = %paths.host, data = %paths.data.display(), checkpoint_dir = %paths.checkpoint_dir.display(), model_dir = %paths.model_dir.display());
+    let run = Run {
+        hp,
+        hp_text,
+        paths,
+        flags,
+    };
+    match chosen {
+        Chosen::Cpu => {
+            train::run::<burn::backend::Autodiff<burn::backend::Flex>>(&run, Default::default())
+        }
+        #[cfg(feature = "cuda")]
+        Chosen::Cuda => {
+            train::run::<burn::backend::Autodiff<burn::backend::Cuda>>(&run, Default::default())
+        }
+        #[cfg(not(feature = "cuda"))]
+        Chosen::Cuda => anyhow::bail!("CUDA backend not built"),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let failure_file =
+        sagemaker::resolve(&Overrides::default(), &RealEnvironment, "train", "test").failure_file;
+    match run(args) {
+        Ok(Outcome::Completed) => ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted(_)) => ExitCode::from(EXIT_INTERRUPTED),
+        Err(e) => {
+            tracing::error!(event = "failed", error = format!("{e:#}"));
+            eprintln!("error: {e:#}");
+            if failure_file.parent().is_some_and(|p| p.is_dir()) {
+                let _ = std::fs::write(&failure_file, format!("{e:#}"));
+            }
+            ExitCode::from(1)
+        }
+    }
+}

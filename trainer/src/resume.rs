@@ -1,0 +1,222 @@
+//! Finding and loading the newest valid checkpoint of this host.
+//!
+//! Candidates are tried newest first; one that fails any check (manifest missing or malformed,
+//! a file missing, a size or CRC-64/NVME mismatch, an undecodable tensor file) is logged and
+//! skipped, never half-loaded. Each file is read once, straight into the buffers the tensors
+//! will own, and its CRC is computed over those same bytes; SHA-256 is left to
+//! `spotcheck validate`, since the CRC already catches torn and corrupted files.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::TensorData;
+use safetensors::tensor::TensorInfo;
+use spotcheck_protocol::{
+    crc64nvme_to_base64, parse_step_dir_name, Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES,
+};
+
+use crate::persist::{MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use crate::snapshot::HostTensor;
+use crate::state::TrainerState;
+
+/// A loaded checkpoint.
+pub struct Found {
+    /// `<namespace>/step-…`.
+    pub name: String,
+    /// Model tensors.
+    pub model: Vec<HostTensor>,
+    /// Optimizer tensors.
+    pub optimizer: Vec<HostTensor>,
+    /// Trainer state.
+    pub state: TrainerState,
+    /// Newer checkpoints that were skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Step directories under `root/namespace`, newest first.
+pub fn candidates(root: &Path, namespace: &str) -> Vec<(u64, PathBuf)> {
+    let dir = root.join(namespace);
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = parse_step_dir_name(&name)?;
+            e.file_type().ok()?.is_dir().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
+    out
+}
+
+/// Loads the newest checkpoint that passes every check, or `None` when there is none.
+pub fn latest(root: &Path, namespace: &str) -> anyhow::Result<Option<Found>> {
+    let mut skipped = Vec::new();
+    for (step, dir) in candidates(root, namespace) {
+        let name = format!(
+            "{namespace}/{}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        match load(&dir, step) {
+            Ok((model, optimizer, state)) => {
+                return Ok(Some(Found {
+                    name,
+                    model,
+                    optimizer,
+                    state,
+                    skipped,
+                }));
+            }
+            Err(reason) => {
+                tracing::warn!(event = "checkpoint_skipped", checkpoint = %name, reason = %reason, "not usable; trying an older one");
+                skipped.push((name, reason));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, String> {
+    let path = dir.join(MANIFEST_FILE);
+    let f = File::open(&path).map_err(|e| format!("no manifest ({e})"))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading manifest: {e}"))?;
+    Manifest::parse(&bytes).map_err(|e| format!("bad manifest: {e}"))
+}
+
+/// Loads and checks one checkpoint directory.
+pub fn load(
+    dir: &Path,
+    step: u64,
+) -> Result<(Vec<HostTensor>, Vec<HostTensor>, TrainerState), String> {
+    let manifest = read_manifest(dir)?;
+    if manifest.step != step {
+        return Err(format!(
+            "manifest says step {}, directory says {step}",
+            manifest.step
+        ));
+    }
+    let entry = |name: &str| {
+        manifest
+            .file(name)
+            .ok_or_else(|| format!("manifest does not list {name}"))
+    };
+    let model = read_tensors(
+        &dir.join(MODEL_FILE),
+        entry(MODEL_FILE)?.size,
+        &entry(MODEL_FILE)?.crc64nvme,
+    )?;
+    let optimizer = read_tensors(
+        &dir.join(OPTIMIZER_FILE),
+        entry(OPTIMIZER_FILE)?.size,
+        &entry(OPTIMIZER_FILE)?.crc64nvme,
+    )?;
+    let e = entry(STATE_FILE)?;
+    let bytes =
+        std::fs::read(dir.join(STATE_FILE)).map_err(|err| format!("{STATE_FILE}: {err}"))?;
+    check(STATE_FILE, &bytes, e.size, &e.crc64nvme, crc(&bytes))?;
+    let state: TrainerState =
+        serde_json::from_slice(&bytes).map_err(|err| format!("{STATE_FILE}: {err}"))?;
+    if state.step != step {
+        return Err(format!(
+            "{STATE_FILE} says step {}, directory says {step}",
+            state.step
+        ));
+    }
+    Ok((model, optimizer, state))
+}
+
+fn crc(bytes: &[u8]) -> u64 {
+    let mut d = crc64fast_nvme::Digest::new();
+    d.write(bytes);
+    d.sum64()
+}
+
+fn check(name: &str, bytes: &[u8], size: u64, want_crc: &str, got_crc: u64) -> Result<(), String> {
+    if bytes.len() as u64 != size {
+        return Err(format!(
+            "{name}: {} bytes, manifest says {size}",
+            bytes.len()
+        ));
+    }
+    if crc64nvme_to_base64(got_crc) != want_crc {
+        return Err(format!("{name}: CRC-64/NVME mismatch (corrupt)"));
+    }
+    Ok(())
+}
+
+/// Reads a safetensors file tensor by tensor into owned buffers, checking size and CRC.
+fn read_tensors(path: &Path, size: u64, want_crc: &str) -> Result<Vec<HostTensor>, String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let err = |why: String| format!("{name}: {why}");
+    let mut f = File::open(path).map_err(|e| err(e.to_string()))?;
+    let actual = f.metadata().map_err(|e| err(e.to_string()))?.len();
+    if actual != size {
+        return Err(err(format!("{actual} bytes, manifest says {size}")));
+    }
+    let mut digest = crc64fast_nvme::Digest::new();
+    let mut len_buf = [0u8; 8];
+    f.read_exact(&mut len_buf).map_err(|e| err(e.to_string()))?;
+    digest.write(&len_buf);
+    let header_len = u64::from_le_bytes(len_buf);
+    if header_len > 100 << 20 || header_len + 8 > size {
+        return Err(err("implausible safetensors header length".into()));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
+    digest.write(&header);
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| err(format!("bad safetensors header: {e}")))?;
+    let mut infos: Vec<(String, TensorInfo)> = Vec::new();
+    for (k, v) in raw {
+        if k == "__metadata__" {
+            continue;
+        }
+        let info: TensorInfo =
+            serde_json::from_value(v).map_err(|e| err(format!("tensor {k}: {e}")))?;
+        infos.push((k, info));
+    }
+    infos.sort_by_key(|(_, i)| i.data_offsets.0);
+    let body = size - 8 - header_len;
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(infos.len());
+    for (k, info) in infos {
+        let (start, end) = info.data_offsets;
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => burn::tensor::DType::F32,
+            other => return Err(err(format!("tensor {k}: unsupported dtype {other:?}"))),
+        };
+        let elems: usize = info.shape.iter().product();
+        if start != at || end < start || end as u64 > body || (end - start) != elems * 4 {
+            return Err(err(format!(
+                "tensor {k}: offsets {start}..{end} do not fit"
+            )));
+        }
+        let mut buf = vec![0u8; end - start];
+        f.read_exact(&mut buf).map_err(|e| err(e.to_string()))?;
+        digest.write(&buf);
+        at = end;
+        out.push(HostTensor {
+            name: k,
+            data: TensorData::from_bytes_vec(buf, info.shape.clone(), dtype),
+            shape: info.shape,
+        });
+    }
+    if at as u64 != body {
+        return Err(err("trailing bytes after the last tensor".into()));
+    }
+    if crc64nvme_to_base64(digest.sum64()) != want_crc {
+        return Err(err("CRC-64/NVME mismatch (corrupt)".into()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,184 @@
+//! Host-memory snapshots of the training state and their safetensors encoding.
+//!
+//! Taking a snapshot is the only part of a checkpoint the training loop waits for: tensors are
+//! copied to host memory and handed to the persister. Encoding streams the safetensors header
+//! (built by the `safetensors` crate) and then each tensor's bytes straight into the
+//! checkpoint writer, so a multi-GiB state is never copied a second time.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use burn::tensor::{DType, TensorData};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::state::TrainerState;
+
+/// One named tensor in host memory.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    /// Dotted parameter name (optimizer slots add `.exp_avg` and the like).
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Element bytes (little-endian) and dtype.
+    pub data: TensorData,
+}
+
+/// Everything a checkpoint holds, in host memory.
+pub struct Snapshot {
+    /// Model parameters.
+    pub model: Vec<HostTensor>,
+    /// Optimizer state.
+    pub optimizer: Vec<HostTensor>,
+    /// Step, data position, RNG and schedule state.
+    pub state: TrainerState,
+}
+
+impl Snapshot {
+    /// Bytes of tensor data held.
+    pub fn tensor_bytes(&self) -> usize {
+        self.model
+            .iter()
+            .chain(&self.optimizer)
+            .map(|t| t.data.as_bytes().len())
+            .sum()
+    }
+}
+
+/// Why a safetensors file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorFileError {
+    /// The header could not be built or parsed.
+    #[error("safetensors: {0}")]
+    Format(String),
+    /// A dtype this trainer does not store.
+    #[error("tensor `{0}` has unsupported dtype {1}")]
+    Dtype(String, String),
+}
+
+fn to_st_dtype(name: &str, d: DType) -> Result<Dtype, TensorFileError> {
+    match d {
+        DType::F32 => Ok(Dtype::F32),
+        DType::F64 => Ok(Dtype::F64),
+        DType::F16 => Ok(Dtype::F16),
+        DType::BF16 => Ok(Dtype::BF16),
+        other => Err(TensorFileError::Dtype(
+            name.to_string(),
+            format!("{other:?}"),
+        )),
+    }
+}
+
+fn from_st_dtype(name: &str, d: Dtype) -> Result<DType, TensorFileError> {
+    match d {
+        Dtype::F32 => Ok(DType::F32),
+        Dtype::F64 => Ok(DType::F64),
+        Dtype::F16 => Ok(DType::F16),
+        Dtype::BF16 => Ok(DType::BF16),
+        other => Err(TensorFileError::Dtype(
+            name.to_string(),
+            format!("{other:?}"),
+        )),
+    }
+}
+
+/// The safetensors header (length prefix included) for `tensors` in the given order.
+pub fn header(
+    tensors: &[HostTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>, TensorFileError> {
+    let mut offset = 0;
+    let mut infos = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let n = t.data.as_bytes().len();
+        infos.push((
+            t.name.clone(),
+            TensorInfo {
+                dtype: to_st_dtype(&t.name, t.data.dtype)?,
+                shape: t.shape.clone(),
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let meta =
+        Metadata::new(metadata, infos).map_err(|e| TensorFileError::Format(e.to_string()))?;
+    let mut json = serde_json::to_vec(&meta).map_err(|e| TensorFileError::Format(e.to_string()))?;
+    // The format pads the header with spaces to a multiple of 8 bytes.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend((json.len() as u64).to_le_bytes());
+    out.extend(json);
+    Ok(out)
+}
+
+/// Streams a safetensors file: header, then each tensor's bytes in order.
+pub fn write(
+    w: &mut dyn Write,
+    tensors: &[HostTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> io::Result<()> {
+    let h = header(tensors, metadata).map_err(io::Error::other)?;
+    w.write_all(&h)?;
+    for t in tensors {
+        w.write_all(t.data.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Reads every tensor of a safetensors file, in file order.
+pub fn read(bytes: &[u8]) -> Result<Vec<HostTensor>, TensorFileError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| TensorFileError::Format(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut tensors = st.tensors();
+    tensors.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    for (name, view) in tensors {
+        let dtype = from_st_dtype(&name, view.dtype())?;
+        out.push(HostTensor {
+            shape: view.shape().to_vec(),
+            data: TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype),
+            name,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, v: Vec<f32>, shape: Vec<usize>) -> HostTensor {
+        HostTensor {
+            name: name.into(),
+            data: TensorData::new(v, shape.clone()),
+            shape,
+        }
+    }
+
+    #[test]
+    fn streamed_files_are_what_the_safetensors_crate_reads() {
+        let ts = vec![
+            t("b.weight", vec![1.0, 2.0, 3.0], vec![3]),
+            t("a", vec![4.0; 4], vec![2, 2]),
+        ];
+        let mut buf = Vec::new();
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        write(&mut buf, &ts, Some(meta)).unwrap();
+        let st = SafeTensors::deserialize(&buf).unwrap();
+        assert_eq!(st.tensor("a").unwrap().shape(), &[2, 2]);
+        let back = read(&buf).unwrap();
+        assert_eq!(back[0].name, "b.weight");
+        assert_eq!(back[0].data.as_bytes(), ts[0].data.as_bytes());
+        assert_eq!(back[1].data.as_bytes(), ts[1].data.as_bytes());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(read(b"").is_err());
+        assert!(read(&[255; 16]).is_err());
+        let mut huge = (u64::MAX).to_le_bytes().to_vec();
+        huge.extend(b"{}");
+        assert!(read(&huge).is_err());
+    }
+}

@@ -1,0 +1,437 @@
+//! The training loop: forward, backward, update, and checkpoint at step boundaries.
+//!
+//! The loop owns the model and optimizer and never waits on disk except for the snapshot into
+//! host memory and, at the very end or on a stop, for the final checkpoint to be durable.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use sha2::{Digest, Sha256};
+
+use crate::data::{self, Dataset, Split};
+use crate::hyper::Hyperparameters;
+use crate::interval::{self, Due, Triggers};
+use crate::model::{Net, NetConfig};
+use crate::optim::{self, Optimizer, OptimizerConfig};
+use crate::persist::{Persisted, Persister};
+use crate::report::Reporter;
+use crate::sagemaker::Paths;
+use crate::schedule::Schedule;
+use crate::signals::{StopFlags, StopReason};
+use crate::snapshot::{self, Snapshot};
+use crate::state::{RngState, TrainerState, STATE_VERSION};
+use crate::{params, resume, sampler};
+
+/// Everything a run needs besides the backend.
+pub struct Run {
+    /// Typed hyperparameters.
+    pub hp: Hyperparameters,
+    /// Their canonical text, digested into the checkpoint.
+    pub hp_text: String,
+    /// Resolved paths.
+    pub paths: Paths,
+    /// Stop and rebalance flags.
+    pub flags: StopFlags,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Training finished and the model was written.
+    Completed,
+    /// Stopped early with a durable checkpoint of the last step.
+    Interrupted(StopReason),
+}
+
+/// Statistics of the checkpoints this process took.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CheckpointStats {
+    /// Checkpoints made durable.
+    pub count: u64,
+    /// Total time the loop was blocked taking snapshots.
+    pub stall_seconds: f64,
+    /// Longest single stall.
+    pub max_stall_seconds: f64,
+    /// Total persist time (background).
+    pub persist_seconds: f64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Persists that failed.
+    pub failures: u64,
+}
+
+fn fresh_state(hp: &Hyperparameters, cfg: NetConfig, total: u64, digest: String) -> TrainerState {
+    let schedule = Schedule {
+        kind: hp.lr_schedule,
+        peak: hp.learning_rate,
+        warmup: hp.warmup_steps,
+        total,
+        step_every: hp.lr_step_every,
+        gamma: hp.lr_step_gamma,
+    };
+    TrainerState {
+        version: STATE_VERSION,
+        step: 0,
+        epoch: 0,
+        position: 0,
+        total_steps: total,
+        rng: RngState {
+            algorithm: "chacha8".into(),
+            seed: hp.seed,
+            stream: 1,
+        },
+        next_learning_rate: schedule.rate(0),
+        schedule,
+        optimizer: OptimizerConfig::from_hyper(hp),
+        model: cfg,
+        restarts: 0,
+        train_seconds: 0.0,
+        last_loss: None,
+        hyperparameters_sha256: digest,
+    }
+}
+
+fn batch_tensors<AB: AutodiffBackend>(
+    ds: &Dataset,
+    idx: &[usize],
+    device: &AB::Device,
+) -> (Tensor<AB, 4>, Tensor<AB, 1, Int>) {
+    let (pixels, labels) = ds.gather(idx);
+    let n = idx.len();
+    let x = Tensor::<AB, 4>::from_data(
+        TensorData::new(pixels, [n, ds.channels, ds.height, ds.width]),
+        device,
+    );
+    let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [n]), device);
+    (x, y)
+}
+
+fn scalar<B: burn::tensor::backend::Backend>(t: Tensor<B, 1>) -> Option<f64> {
+    t.into_data().iter::<f64>().next()
+}
+
+/// Accuracy of the model on a dataset.
+fn evaluate<AB: AutodiffBackend>(
+    model: &Net<AB>,
+    ds: &Dataset,
+    batch: usize,
+    device: &AB::Device,
+) -> f64 {
+    let net = model.valid();
+    let mut correct = 0usize;
+    let order: Vec<usize> = (0..ds.len()).collect();
+    for chunk in order.chunks(batch) {
+        let (pixels, labels) = ds.gather(chunk);
+        let x = Tensor::<AB::InnerBackend, 4>::from_data(
+            TensorData::new(pixels, [chunk.len(), ds.channels, ds.height, ds.width]),
+            device,
+        );
+        let pred = net.forward(x).argmax(1).into_data();
+        correct += pred
+            .iter::<i64>()
+            .zip(labels)
+            .filter(|(p, l)| p == l)
+            .count();
+    }
+    correct as f64 / ds.len().max(1) as f64
+}
+
+fn snapshot_now<AB: AutodiffBackend>(
+    model: &Net<AB>,
+    optim: &Optimizer<AB::InnerBackend>,
+    state: &TrainerState,
+) -> Snapshot {
+    Snapshot {
+        model: params::collect(model),
+        optimizer: optim.snapshot(),
+        state: state.clone(),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp.sagemaker-ignore");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Trains to the end or until a stop; see the module docs.
+pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome> {
+    let hp = &run.hp;
+    let tty = std::io::stdout().is_terminal();
+    let train = data::load(&run.paths.data, Split::Train, hp).context("loading training data")?;
+    let test = match &run.paths.test_data {
+        Some(dir) => Some(data::load(dir, Split::Test, hp).context("loading evaluation data")?),
+        None if data::has_test_split(&run.paths.data) => {
+            Some(data::load(&run.paths.data, Split::Test, hp)?)
+        }
+        None if hp.dataset == crate::hyper::DatasetKind::Synthetic => {
+            Some(data::load(&run.paths.data, Split::Test, hp)?)
+        }
+        None => None,
+    };
+    tracing::info!(
+        event = "data",
+        images = train.len(),
+        classes = train.classes,
+        channels = train.channels,
+        height = train.height,
+        width = train.width,
+        eval_images = test.as_ref().map(|t| t.len())
+    );
+
+    let cfg = NetConfig {
+        channels: train.channels,
+        height: train.height,
+        width: train.width,
+        depth: hp.model_depth,
+        base_width: hp.model_width,
+        hidden: hp.model_hidden,
+        classes: train.classes,
+    };
+    let spe = sampler::steps_per_epoch(train.len(), hp.batch_size);
+    let mut total = spe * hp.epochs as u64;
+    if hp.max_steps > 0 {
+        total = total.min(hp.max_steps);
+    }
+    let digest = hex::encode(Sha256::digest(run.hp_text.as_bytes()));
+    let ckpt_root = &run.paths.checkpoint_dir;
+    let ns = &run.paths.host;
+
+    let model = cfg.init::<AB>(&device);
+    let shapes = params::shapes::<AB, _>(&model);
+    let (mut model, mut optim, mut state) = match resume::latest(ckpt_root, ns)? {
+        Some(found) => {
+            let mut st = found.state;
+            if st.model != cfg {
+                bail!("checkpoint {} holds a model of shape {:?}, this run builds {:?}: refusing to resume into a different architecture (use a new checkpoint location)", found.name, st.model, cfg);
+            }
+            if st.optimizer.kind != hp.optimizer {
+                bail!(
+                    "checkpoint {} was trained with {:?}, this run asks for {:?}",
+                    found.name,
+                    st.optimizer.kind,
+                    hp.optimizer
+                );
+            }
+            if st.hyperparameters_sha256 != digest {
+                tracing::warn!(event = "hyperparameters_changed", checkpoint = %found.name, "hyperparameters differ from the run that wrote this checkpoint; continuing with the new ones (the result will not match an uninterrupted run)");
+            }
+            let model = params::assign::<AB, _>(model, found.model, &device)
+                .context("restoring model weights")?;
+            let optim =
+                Optimizer::restore(st.optimizer, st.step, &shapes, found.optimizer, &device)
+                    .context("restoring optimizer state")?;
+            st.restarts += 1;
+            st.total_steps = total;
+            st.schedule.total = total;
+            tracing::info!(event = "resumed", checkpoint = %found.name, step = st.step, epoch = st.epoch, position = st.position, skipped = ?found.skipped, "resuming from the newest valid checkpoint");
+            (model, optim, st)
+        }
+        None => {
+            let model =
+                params::assign::<AB, _>(model, params::initial_values(&shapes, hp.seed), &device)?;
+            let optim = Optimizer::new(OptimizerConfig::from_hyper(hp), &shapes, &device);
+            tracing::info!(event = "fresh_start", checkpoint_dir = %ckpt_root.display(), "no valid checkpoint found: starting from step 0");
+            (model, optim, fresh_state(hp, cfg, total, digest))
+        }
+    };
+
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let reporter = Reporter::new(tty, state.step, total, hp.log_every_steps);
+    let mut persister = Persister::start(ckpt_root.clone(), ns.clone(), hp.keep_checkpoints);
+    let mut triggers = Triggers {
+        every_steps: hp.checkpoint_every_steps,
+        every: (hp.checkpoint_every_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(hp.checkpoint_every_seconds)),
+        adaptive: None,
+    };
+    let mut stats = CheckpointStats::default();
+    let mut last_durable = state.step;
+    let mut last_ckpt_at = Instant::now();
+    let mut last_stall = Duration::ZERO;
+    let started = Instant::now();
+    let base_seconds = state.train_seconds;
+    let mut order = sampler::epoch_order(hp.seed, state.epoch, train.len());
+
+    let on_persisted = |p: Persisted,
+                        stats: &mut CheckpointStats,
+                        last_durable: &mut u64,
+                        triggers: &mut Triggers,
+                        last_stall: Duration,
+                        train_seconds: f64,
+                        restarts: u32| {
+        match p.result {
+            Ok(()) => {
+                stats.count += 1;
+                stats.persist_seconds += p.duration.as_secs_f64();
+                stats.bytes += p.bytes;
+                *last_durable = (*last_durable).max(p.step);
+                let mut interval = None;
+                if hp.checkpoint_adaptive {
+                    if let Some(m) =
+                        interval::mtbf(hp.interruptions_per_hour, restarts, train_seconds)
+                    {
+                        let t = interval::daly_interval(last_stall, m).max(p.duration);
+                        triggers.adaptive = Some(t);
+                        interval = Some((t, m));
+                    }
+                }
+                tracing::info!(event = "checkpoint_saved", step = p.step, dir = %p.dir.display(), bytes = p.bytes, persist_seconds = p.duration.as_secs_f64(), stall_seconds = last_stall.as_secs_f64(),
+                    adaptive_interval_seconds = interval.map(|(t, _)| t.as_secs_f64()), mtbf_seconds = interval.map(|(_, m)| m.as_secs_f64()));
+            }
+            Err(e) => {
+                stats.failures += 1;
+                tracing::error!(event = "checkpoint_failed", step = p.step, error = %e, "checkpoint failed; the previous checkpoint stays the newest valid one");
+            }
+        }
+    };
+
+    let mut stop = None;
+    while state.step < total {
+        if let Some(reason) = run.flags.stop_reason() {
+            stop = Some(reason);
+            break;
+        }
+        if state.position >= train.len() {
+            state.epoch += 1;
+            state.position = 0;
+            state.rng.stream = state.epoch as u64 + 1;
+            order = sampler::epoch_order(hp.seed, state.epoch, train.len());
+        }
+        let idx = sampler::batch(&order, state.position, hp.batch_size);
+        let (x, y) = batch_tensors::<AB>(&train, idx, &device);
+        let loss = loss_fn.forward(model.forward(x), y);
+        let grads = loss.backward();
+        let lr = state.schedule.rate(state.step);
+        model = optim::step(model, &grads, &mut optim, lr);
+        state.step += 1;
+        state.position += idx.len();
+        state.next_learning_rate = state.schedule.rate(state.step);
+        let loss_value = reporter
+            .wants_loss(state.step)
+            .then(|| scalar(loss.inner()))
+            .flatten();
+        if loss_value.is_some() {
+            state.last_loss = loss_value;
+        }
+        reporter.step(state.step, total, state.epoch, loss_value, hp.batch_size);
+        state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
+
+        if let Some(p) = persister.poll() {
+            on_persisted(
+                p,
+                &mut stats,
+                &mut last_durable,
+                &mut triggers,
+                last_stall,
+                state.train_seconds,
+                state.restarts,
+            );
+        }
+        let mut due = triggers.due(state.step, last_ckpt_at.elapsed());
+        if hp.checkpoint_adaptive
+            && stats.count == 0
+            && !persister.busy()
+            && last_durable == 0
+            && state.step == 1
+        {
+            // The first checkpoint measures the cost the adaptive interval is computed from.
+            due = Due::Periodic;
+        }
+        if run.flags.take_rebalance() {
+            reporter.note("rebalance recommendation: extra checkpoint");
+            due = Due::Periodic;
+        }
+        if due == Due::Periodic && !persister.busy() && state.step < total {
+            let t0 = Instant::now();
+            let snap = snapshot_now(&model, &optim, &state);
+            last_stall = t0.elapsed();
+            stats.stall_seconds += last_stall.as_secs_f64();
+            stats.max_stall_seconds = stats.max_stall_seconds.max(last_stall.as_secs_f64());
+            persister.submit(snap).map_err(anyhow::Error::msg)?;
+            last_ckpt_at = Instant::now();
+        }
+    }
+
+    // Final checkpoint: at the end, or on a stop. Wait for the one in flight first.
+    if let Some(p) = persister.wait() {
+        on_persisted(
+            p,
+            &mut stats,
+            &mut last_durable,
+            &mut triggers,
+            last_stall,
+            state.train_seconds,
+            state.restarts,
+        );
+    }
+    if last_durable < state.step {
+        let t0 = Instant::now();
+        let snap = snapshot_now(&model, &optim, &state);
+        last_stall = t0.elapsed();
+        stats.stall_seconds += last_stall.as_secs_f64();
+        persister.submit(snap).map_err(anyhow::Error::msg)?;
+        if let Some(p) = persister.wait() {
+            let failed = p.result.as_ref().err().cloned();
+            on_persisted(
+                p,
+                &mut stats,
+                &mut last_durable,
+                &mut triggers,
+                last_stall,
+                state.train_seconds,
+                state.restarts,
+            );
+            if let Some(e) = failed {
+                bail!("final checkpoint at step {} failed: {e}", state.step);
+            }
+        }
+    }
+    drop(persister);
+    reporter.finish(started.elapsed());
+
+    if let Some(reason) = stop {
+        tracing::warn!(event = "stopped", step = state.step, reason = ?reason, "stopped early; the checkpoint of this step is durable");
+        return Ok(Outcome::Interrupted(reason));
+    }
+
+    let accuracy = test
+        .as_ref()
+        .map(|t| evaluate(&model, t, hp.eval_batch_size, &device));
+    std::fs::create_dir_all(&run.paths.model_dir)
+        .with_context(|| format!("creating {}", run.paths.model_dir.display()))?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut buf = Vec::new();
+    snapshot::write(&mut buf, &params::collect(&model), Some(meta.clone()))?;
+    write_atomically(&run.paths.model_dir.join("model.safetensors"), &buf)?;
+    buf.clear();
+    snapshot::write(&mut buf, &optim.snapshot(), Some(meta))?;
+    write_atomically(&run.paths.model_dir.join("optimizer.safetensors"), &buf)?;
+    let metrics = serde_json::json!({
+        "steps": state.step,
+        "epochs": hp.epochs,
+        "final_loss": state.last_loss,
+        "test_accuracy": accuracy,
+        "restarts": state.restarts,
+        "train_seconds": state.train_seconds,
+        "images_per_second_this_attempt": reporter.throughput(state.step, hp.batch_size),
+        "checkpoints_this_attempt": stats,
+        "model": cfg,
+    });
+    write_atomically(
+        &run.paths.model_dir.join("metrics.json"),
+        &serde_json::to_vec_pretty(&metrics)?,
+    )?;
+    tracing::info!(event = "completed", steps = state.step, test_accuracy = accuracy, model_dir = %run.paths.model_dir.display(), "training complete");
+    Ok(Outcome::Completed)
+}
