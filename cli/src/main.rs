@@ -1,1 +1,143 @@
-fn main() {}
+//! `spotcheck`: the command line users and tests drive.
+//!
+//! - `spotcheck validate DIR` — the checkpoint validator over a local checkpoint root.
+//! - `spotcheck decide --event EVENT.json …` — what the control plane would do with an event,
+//!   without calling AWS.
+//!
+//! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; 2 on usage errors and
+//! unreadable or malformed input, for every command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use spotcheck_control::{CheckpointSummary, Timestamp};
+use spotcheck_protocol::{validate_root, Status};
+
+#[derive(Parser)]
+#[command(
+    name = "spotcheck",
+    version,
+    about = "Cheap and safe ML training on spot capacity"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate every checkpoint under DIR (full SHA-256 and CRC-64/NVME check) and print JSON.
+    Validate {
+        /// A checkpoint root (`<root>/<host>/step-…`) or one host's directory.
+        dir: PathBuf,
+    },
+    /// Print, as JSON, what the control plane would decide for an EventBridge event.
+    Decide {
+        /// The EventBridge event (JSON file).
+        #[arg(long)]
+        event: PathBuf,
+        /// DescribeTrainingJob output as the AWS CLI prints it (may carry a `Tags` field).
+        #[arg(long)]
+        job: Option<PathBuf>,
+        /// A local checkpoint root standing in for the job's checkpoint S3 prefix.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// A policy JSON file (defaults otherwise).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The decision time, RFC 3339 (default: now).
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// What the engine needs from a local checkpoint root.
+fn summarise(dir: &Path) -> Result<CheckpointSummary> {
+    let report = validate_root(dir).with_context(|| format!("validating {}", dir.display()))?;
+    let latest = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.status == Status::Valid)
+        .max_by_key(|c| c.step);
+    let finished = latest
+        .and_then(|c| std::fs::read(dir.join(&c.name).join(spotcheck_protocol::MANIFEST_FILE)).ok())
+        .and_then(|b| spotcheck_protocol::Manifest::parse(&b).ok())
+        .and_then(|m| m.meta)
+        .and_then(|meta| meta.get("finished").and_then(|f| f.as_bool()))
+        .unwrap_or(false);
+    Ok(CheckpointSummary {
+        latest_valid_step: latest.map(|c| c.step),
+        any_corrupt: report
+            .checkpoints
+            .iter()
+            .any(|c| c.status == Status::Corrupt),
+        finished,
+    })
+}
+
+fn now_utc() -> Result<Timestamp> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    Ok(Timestamp::from_epoch_ms(ms as i64)?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { dir } => {
+            if !dir.is_dir() {
+                anyhow::bail!("{} is not a directory", dir.display());
+            }
+            let report =
+                validate_root(&dir).with_context(|| format!("validating {}", dir.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.latest_valid.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Decide {
+            event,
+            job,
+            checkpoints,
+            policy,
+            now,
+        } => {
+            let event = read(&event)?;
+            let job = job.as_deref().map(read).transpose()?;
+            let policy = policy.as_deref().map(read).transpose()?;
+            let checkpoints = checkpoints.as_deref().map(summarise).transpose()?;
+            let now = match now {
+                Some(t) => Timestamp::parse(&t).with_context(|| format!("--now {t}"))?,
+                None => now_utc()?,
+            };
+            let decision = spotcheck_control::decide_from_json(
+                &event,
+                job.as_deref(),
+                checkpoints,
+                policy.as_deref(),
+                now,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&decision)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

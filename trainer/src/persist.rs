@@ -88,7 +88,13 @@ pub fn write_checkpoint(
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let meta = serde_json::json!({"epoch": snap.state.epoch, "position": snap.state.position});
+    // `finished` lets the control plane tell "training done" from the manifest alone.
+    let meta = serde_json::json!({
+        "epoch": snap.state.epoch,
+        "position": snap.state.position,
+        "total_steps": snap.state.total_steps,
+        "finished": snap.state.step >= snap.state.total_steps,
+    });
     let committed = pending.commit(now_ms, Some(meta)).map_err(|e| err(&e))?;
     let bytes = committed.manifest.files.iter().map(|f| f.size).sum();
     Ok((committed.dir, bytes))
