@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite: static checks, unit and integration tests.
-# README.md and .ci/run both call this script, so they cannot drift apart.
+# The whole test suite: formatting, lints, infra static checks, the AWS emulators, and every
+# unit, integration and replay test. README.md and .ci/run both call this script, so they
+# cannot drift apart. Installs what it needs (pinned Python tools, the emulators) on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "infra static checks (cfn-lint, SAM transform, checkov, hadolint, shellcheck)"
+bash scripts/static-checks.sh
+
+step "AWS emulators (LocalStack for S3/EventBridge/SQS, moto for SageMaker)"
+bash scripts/emulators.sh start
+trap 'bash scripts/emulators.sh stop' EXIT
+eval "$(bash scripts/emulators.sh env)"
+.venv-localstack/bin/python scripts/emulators-smoke.py
+
+step "cargo test (unit, integration, replay)"
 cargo test --workspace --locked

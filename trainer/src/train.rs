@@ -142,7 +142,9 @@ fn evaluate<AB: AutodiffBackend>(
     correct as f64 / ds.len().max(1) as f64
 }
 
-fn snapshot_now<AB: AutodiffBackend>(
+/// Copies the model, optimizer and trainer state into host memory: the only part of a
+/// checkpoint the loop waits for.
+pub fn snapshot_now<AB: AutodiffBackend>(
     model: &Net<AB>,
     optim: &Optimizer<AB::InnerBackend>,
     state: &TrainerState,
@@ -363,6 +365,10 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         }
     }
 
+    // Throughput counts the loop only (periodic checkpoint stalls and background persists
+    // included), not the final checkpoint or the evaluation.
+    let images_per_second = reporter.throughput(state.step, hp.batch_size);
+
     // Final checkpoint: at the end, or on a stop. Wait for the one in flight first.
     if let Some(p) = persister.wait() {
         on_persisted(
@@ -424,7 +430,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         "test_accuracy": accuracy,
         "restarts": state.restarts,
         "train_seconds": state.train_seconds,
-        "images_per_second_this_attempt": reporter.throughput(state.step, hp.batch_size),
+        "images_per_second_this_attempt": images_per_second,
         "checkpoints_this_attempt": stats,
         "model": cfg,
     });
