@@ -104,14 +104,25 @@ fn dd(path: &Path, bytes: u64) -> Result<f64> {
 }
 
 fn state_for(cfg: NetConfig, hp: &Hyperparameters) -> TrainerState {
-    let sched = schedule::Schedule { kind: hp.lr_schedule, peak: hp.learning_rate, warmup: 0, total: 1, step_every: 1, gamma: 1.0 };
+    let sched = schedule::Schedule {
+        kind: hp.lr_schedule,
+        peak: hp.learning_rate,
+        warmup: 0,
+        total: 1,
+        step_every: 1,
+        gamma: 1.0,
+    };
     TrainerState {
         version: STATE_VERSION,
         step: 1,
         epoch: 0,
         position: 0,
         total_steps: 1,
-        rng: RngState { algorithm: "chacha8".into(), seed: 1, stream: 1 },
+        rng: RngState {
+            algorithm: "chacha8".into(),
+            seed: 1,
+            stream: 1,
+        },
         schedule: sched,
         next_learning_rate: 0.0,
         optimizer: OptimizerConfig::from_hyper(hp),
@@ -123,7 +134,11 @@ fn state_for(cfg: NetConfig, hp: &Hyperparameters) -> TrainerState {
     }
 }
 
-fn train_throughput(dir: &Path, steps: u64, extra: &[(&str, &str)]) -> Result<(f64, serde_json::Value)> {
+fn train_throughput(
+    dir: &Path,
+    steps: u64,
+    extra: &[(&str, &str)],
+) -> Result<(f64, serde_json::Value)> {
     let mut map: BTreeMap<String, serde_json::Value> = [
         ("dataset", "synthetic"),
         ("num_classes", "11000"),
@@ -141,7 +156,10 @@ fn train_throughput(dir: &Path, steps: u64, extra: &[(&str, &str)]) -> Result<(f
     .chain(extra)
     .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
     .collect();
-    map.insert("max_steps".into(), serde_json::Value::String(steps.to_string()));
+    map.insert(
+        "max_steps".into(),
+        serde_json::Value::String(steps.to_string()),
+    );
     let hp = Hyperparameters::from_map(&map)?;
     let o = Overrides {
         data: Some(dir.join("none")),
@@ -150,17 +168,28 @@ fn train_throughput(dir: &Path, steps: u64, extra: &[(&str, &str)]) -> Result<(f
         ..Default::default()
     };
     let paths = sagemaker::resolve(&o, &RealEnvironment, "train", "test");
-    let run = Run { hp, hp_text: serde_json::to_string(&map)?, paths, flags: StopFlags::default() };
+    let run = Run {
+        hp,
+        hp_text: serde_json::to_string(&map)?,
+        paths,
+        flags: StopFlags::default(),
+    };
     train::run::<AB>(&run, Default::default())?;
-    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("model/metrics.json"))?)?;
-    let ips = metrics["images_per_second_this_attempt"].as_f64().context("metrics")?;
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model/metrics.json"))?)?;
+    let ips = metrics["images_per_second_this_attempt"]
+        .as_f64()
+        .context("metrics")?;
     std::fs::remove_dir_all(dir)?;
     Ok((ips, metrics["checkpoints_this_attempt"].clone()))
 }
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().context("usage: checkpoint-bench DIR [--steps N]")?);
+    let dir = PathBuf::from(
+        args.next()
+            .context("usage: checkpoint-bench DIR [--steps N]")?,
+    );
     let steps: u64 = match (args.next().as_deref(), args.next()) {
         (Some("--steps"), Some(n)) => n.parse()?,
         _ => 60,
@@ -170,8 +199,19 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let hp = Hyperparameters::default();
     let device = Default::default();
-    let cfg = NetConfig { channels: 1, height: 8, width: 8, depth: 0, base_width: 1, hidden: HIDDEN, classes: CLASSES };
-    eprintln!("building a model of {} parameters…", 64 * HIDDEN + HIDDEN + HIDDEN * CLASSES + CLASSES);
+    let cfg = NetConfig {
+        channels: 1,
+        height: 8,
+        width: 8,
+        depth: 0,
+        base_width: 1,
+        hidden: HIDDEN,
+        classes: CLASSES,
+    };
+    eprintln!(
+        "building a model of {} parameters…",
+        64 * HIDDEN + HIDDEN + HIDDEN * CLASSES + CLASSES
+    );
     let model = cfg.init::<AB>(&device);
     let shapes = params::shapes::<AB, _>(&model);
     let model = params::assign::<AB, _>(model, params::initial_values(&shapes, 1), &device)?;
@@ -240,9 +280,17 @@ fn main() -> Result<()> {
 
     // 4. Training throughput with and without checkpoints.
     eprintln!("training {steps} steps without checkpoints…");
-    let (base_ips, _) = train_throughput(&dir.join("t0"), steps, &[("checkpoint_adaptive", "false")])?;
+    let (base_ips, _) =
+        train_throughput(&dir.join("t0"), steps, &[("checkpoint_adaptive", "false")])?;
     eprintln!("training {steps} steps with adaptive checkpoints…");
-    let (ck_ips, ck_stats) = train_throughput(&dir.join("t1"), steps, &[("checkpoint_adaptive", "true"), ("interruptions_per_hour", "4")])?;
+    let (ck_ips, ck_stats) = train_throughput(
+        &dir.join("t1"),
+        steps,
+        &[
+            ("checkpoint_adaptive", "true"),
+            ("interruptions_per_hour", "4"),
+        ],
+    )?;
     std::fs::remove_dir_all(&dir).ok();
 
     let (stall, copy) = (median(stalls), median(copies));
@@ -252,13 +300,44 @@ fn main() -> Result<()> {
     println!("| measure | spotcheck | baseline | ratio | target | met |");
     println!("|---|---|---|---|---|---|");
     let row = |name: &str, ours: String, base: String, ratio: f64, target: &str, met: bool| {
-        println!("| {name} | {ours} | {base} | {ratio:.2} | {target} | {} |", if met { "yes" } else { "**no**" });
+        println!(
+            "| {name} | {ours} | {base} | {ratio:.2} | {target} | {} |",
+            if met { "yes" } else { "**no**" }
+        );
     };
-    row("training stall per checkpoint vs memcpy", format!("{:.3} s", stall), format!("{:.3} s", copy), stall / copy, "≤ 1.5×", stall <= 1.5 * copy);
-    row("persist throughput vs dd conv=fsync", format!("{persist:.3} GB/s"), format!("{ddr:.3} GB/s"), persist / ddr, "≥ 0.80", persist >= 0.8 * ddr);
-    row("restore throughput vs plain read (cold cache)", format!("{restore:.3} GB/s"), format!("{read:.3} GB/s"), restore / read, "≥ 0.80", restore >= 0.8 * read);
+    row(
+        "training stall per checkpoint vs memcpy",
+        format!("{:.3} s", stall),
+        format!("{:.3} s", copy),
+        stall / copy,
+        "≤ 1.5×",
+        stall <= 1.5 * copy,
+    );
+    row(
+        "persist throughput vs dd conv=fsync",
+        format!("{persist:.3} GB/s"),
+        format!("{ddr:.3} GB/s"),
+        persist / ddr,
+        "≥ 0.80",
+        persist >= 0.8 * ddr,
+    );
+    row(
+        "restore throughput vs plain read (cold cache)",
+        format!("{restore:.3} GB/s"),
+        format!("{read:.3} GB/s"),
+        restore / read,
+        "≥ 0.80",
+        restore >= 0.8 * read,
+    );
     let overhead = (1.0 - ck_ips / base_ips) * 100.0;
-    row(&format!("training images/s, {steps} steps, adaptive checkpoints vs none"), format!("{ck_ips:.1}"), format!("{base_ips:.1}"), ck_ips / base_ips, "overhead ≤ 2%", overhead <= 2.0);
+    row(
+        &format!("training images/s, {steps} steps, adaptive checkpoints vs none"),
+        format!("{ck_ips:.1}"),
+        format!("{base_ips:.1}"),
+        ck_ips / base_ips,
+        "overhead ≤ 2%",
+        overhead <= 2.0,
+    );
     println!("\nCheckpointing overhead: {overhead:.2}%; checkpoints during that run: {ck_stats}");
     Ok(())
 }
