@@ -20,6 +20,7 @@ pub mod persist;
 pub mod report;
 pub mod resume;
 pub mod retention;
+pub mod s3sync;
 pub mod sagemaker;
 pub mod sampler;
 pub mod schedule;

@@ -46,6 +46,10 @@ struct Args {
     /// Host name that namespaces checkpoints (default: SM_CURRENT_HOST or algo-1).
     #[arg(long)]
     host: Option<String>,
+    /// Mirror checkpoints to this S3 location (s3://bucket/prefix) and resume from it: for
+    /// training on your own instances, where SageMaker's checkpoint sync is absent.
+    #[arg(long, env = "SPOTCHECK_CHECKPOINT_S3_URI")]
+    checkpoint_s3_uri: Option<String>,
 }
 
 fn init_logging() {
@@ -129,6 +133,7 @@ fn run(args: Args) -> Result<Outcome> {
         hp_text,
         paths,
         flags,
+        checkpoint_s3_uri: args.checkpoint_s3_uri.clone(),
     };
     match chosen {
         Chosen::Cpu => {

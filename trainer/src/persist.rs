@@ -12,7 +12,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use spotcheck_protocol::CheckpointWriter;
+use spotcheck_protocol::{CheckpointWriter, ValidCheckpoint};
+
+use crate::s3sync::S3Sync;
 
 use crate::snapshot::{self, Snapshot};
 
@@ -56,13 +58,13 @@ pub struct Persister {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// Writes one checkpoint; returns its directory and size.
+/// Writes one checkpoint; returns it as committed and its size.
 pub fn write_checkpoint(
     root: &Path,
     namespace: &str,
     snap: &Snapshot,
     pause: Option<Duration>,
-) -> Result<(PathBuf, u64), String> {
+) -> Result<(ValidCheckpoint, u64), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let mut pending =
         CheckpointWriter::begin(root, namespace, snap.state.step).map_err(|e| err(&e))?;
@@ -97,12 +99,13 @@ pub fn write_checkpoint(
     });
     let committed = pending.commit(now_ms, Some(meta)).map_err(|e| err(&e))?;
     let bytes = committed.manifest.files.iter().map(|f| f.size).sum();
-    Ok((committed.dir, bytes))
+    Ok((committed, bytes))
 }
 
 impl Persister {
-    /// Starts the thread writing under `root/namespace`, keeping `keep` valid checkpoints.
-    pub fn start(root: PathBuf, namespace: String, keep: usize) -> Self {
+    /// Starts the thread writing under `root/namespace`, keeping `keep` valid checkpoints, and
+    /// uploading each one to S3 when `s3` is given.
+    pub fn start(root: PathBuf, namespace: String, keep: usize, s3: Option<S3Sync>) -> Self {
         let (tx, work) = mpsc::sync_channel::<Snapshot>(1);
         let (done, rx) = mpsc::channel();
         let pause = fault_pause();
@@ -117,7 +120,15 @@ impl Persister {
                     let result = write_checkpoint(&root, &namespace, &snap, pause);
                     drop(snap);
                     let outcome = match result {
-                        Ok((dir, written)) => {
+                        Ok((committed, written)) => {
+                            if let Some(s3) = &s3 {
+                                let t = Instant::now();
+                                match s3.upload(&root, &committed) {
+                                    Ok(n) => tracing::info!(event = "s3_uploaded", step, bytes = n, seconds = t.elapsed().as_secs_f64()),
+                                    Err(e) => tracing::error!(event = "s3_upload_failed", step, error = %e, "checkpoint is durable locally but not in S3; the next checkpoint retries"),
+                                }
+                            }
+                            let dir = committed.dir;
                             if let Err(e) = crate::retention::apply(&root, &namespace, keep) {
                                 tracing::warn!(event = "retention_failed", error = %e, "could not prune old checkpoints");
                             }

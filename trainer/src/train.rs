@@ -21,6 +21,7 @@ use crate::model::{Net, NetConfig};
 use crate::optim::{self, Optimizer, OptimizerConfig};
 use crate::persist::{Persisted, Persister};
 use crate::report::Reporter;
+use crate::s3sync::S3Sync;
 use crate::sagemaker::Paths;
 use crate::schedule::Schedule;
 use crate::signals::{StopFlags, StopReason};
@@ -38,6 +39,8 @@ pub struct Run {
     pub paths: Paths,
     /// Stop and rebalance flags.
     pub flags: StopFlags,
+    /// Where to mirror checkpoints when SageMaker does not sync them (`--checkpoint-s3-uri`).
+    pub checkpoint_s3_uri: Option<String>,
 }
 
 /// How a run ended.
@@ -209,6 +212,25 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
     let ckpt_root = &run.paths.checkpoint_dir;
     let ns = &run.paths.host;
 
+    let s3 = match &run.checkpoint_s3_uri {
+        Some(uri) => {
+            let s3 = S3Sync::connect(uri).map_err(anyhow::Error::msg)?;
+            let local_newest = resume::candidates(ckpt_root, ns).first().map(|c| c.0);
+            match s3.download_latest(ckpt_root, ns, local_newest) {
+                Ok(Some(name)) => {
+                    tracing::info!(event = "s3_downloaded", checkpoint = %name, uri = %uri)
+                }
+                Ok(None) => {
+                    tracing::info!(event = "s3_nothing_newer", uri = %uri, "no checkpoint in S3 newer than the local ones")
+                }
+                Err(e) => {
+                    tracing::warn!(event = "s3_download_failed", error = %e, "could not fetch checkpoints from S3; using local ones")
+                }
+            }
+            Some(s3)
+        }
+        None => None,
+    };
     let model = cfg.init::<AB>(&device);
     let shapes = params::shapes::<AB, _>(&model);
     let (mut model, mut optim, mut state) = match resume::latest(ckpt_root, ns)? {
@@ -250,7 +272,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
 
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let reporter = Reporter::new(tty, state.step, total, hp.log_every_steps);
-    let mut persister = Persister::start(ckpt_root.clone(), ns.clone(), hp.keep_checkpoints);
+    let mut persister = Persister::start(ckpt_root.clone(), ns.clone(), hp.keep_checkpoints, s3);
     let mut triggers = Triggers {
         every_steps: hp.checkpoint_every_steps,
         every: (hp.checkpoint_every_seconds > 0.0)

@@ -173,6 +173,7 @@ fn train_throughput(
         hp_text: serde_json::to_string(&map)?,
         paths,
         flags: StopFlags::default(),
+        checkpoint_s3_uri: None,
     };
     train::run::<AB>(&run, Default::default())?;
     let metrics: serde_json::Value =
@@ -279,7 +280,10 @@ fn main() -> Result<()> {
         drop_cache(&ckpt)?;
         let t = Instant::now();
         let bufs: Vec<Vec<u8>> = files.iter().map(std::fs::read).collect::<Result<_, _>>()?;
-        fresh_reads.push(gbps(bufs.iter().map(|b| b.len() as u64).sum(), t.elapsed().as_secs_f64()));
+        fresh_reads.push(gbps(
+            bufs.iter().map(|b| b.len() as u64).sum(),
+            t.elapsed().as_secs_f64(),
+        ));
         drop(bufs);
     }
     std::fs::remove_dir_all(dir.join(format!("persist-{}", REPEATS - 1)))?;
@@ -336,7 +340,14 @@ fn main() -> Result<()> {
         "≥ 0.80",
         restore >= 0.8 * read,
     );
-    row("restore throughput vs std::fs::read into fresh buffers (cold cache)", format!("{restore:.3} GB/s"), format!("{fresh_read:.3} GB/s"), restore / fresh_read, "(context)", restore >= 0.8 * fresh_read);
+    row(
+        "restore throughput vs std::fs::read into fresh buffers (cold cache)",
+        format!("{restore:.3} GB/s"),
+        format!("{fresh_read:.3} GB/s"),
+        restore / fresh_read,
+        "(context)",
+        restore >= 0.8 * fresh_read,
+    );
     let overhead = (1.0 - ck_ips / base_ips) * 100.0;
     row(
         &format!("training images/s, {steps} steps, adaptive checkpoints vs none"),
