@@ -3,9 +3,15 @@
 //! - `spotcheck validate DIR` — the checkpoint validator over a local checkpoint root.
 //! - `spotcheck decide --event EVENT.json …` — what the control plane would do with an event,
 //!   without calling AWS.
+//! - `spotcheck local serve` — the local SageMaker-compatible training service (see
+//!   `docs/local-service.md`).
+//! - `spotcheck demo` — the whole system end to end on this machine, with a report.
 //!
-//! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; 2 on usage errors and
-//! unreadable or malformed input, for every command.
+//! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; `demo` 0 when the final
+//! weights equal the uninterrupted run's, 1 when not; 2 on usage errors and unreadable or
+//! malformed input, for every command.
+
+mod local;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,6 +57,12 @@ enum Command {
         #[arg(long)]
         now: Option<String>,
     },
+    /// The local SageMaker-compatible training service.
+    #[command(subcommand)]
+    Local(local::Local),
+    /// Train Fashion-MNIST as a managed-spot job on the local service while spot capacity is
+    /// taken away, let the control plane recover it, and report.
+    Demo(local::Demo),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -128,6 +140,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&decision)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Local(local::Local::Serve(args)) => local::serve(args),
+        Command::Demo(args) => local::run_demo(args),
     }
 }
 

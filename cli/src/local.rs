@@ -1,0 +1,304 @@
+//! `spotcheck local serve` and `spotcheck demo`: flags parsed into the local crate's
+//! configurations (no I/O here beyond reading the files the flags name), then run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use spotcheck_control::Policy;
+use spotcheck_local::demo::{self, DemoConfig};
+use spotcheck_local::market::{MarketConfig, Trace};
+use spotcheck_local::service::ServiceConfig;
+use spotcheck_local::stack::{Stack, StackConfig};
+
+/// `spotcheck local …`.
+#[derive(Subcommand)]
+pub enum Local {
+    /// Run the local SageMaker-compatible training service (and an embedded S3) on loopback.
+    Serve(Serve),
+}
+
+/// Flags of the spot market, shared by `serve` and `demo`.
+#[derive(Args, Clone)]
+pub struct MarketFlags {
+    /// Spot interruptions per simulated hour and instance type.
+    #[arg(long)]
+    pub interruptions_per_hour: Option<f64>,
+    /// Seed of the random interruption process (and, for the demo, of training).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A trace file of outages replacing the random process:
+    /// {"outages": [{"at_seconds": 600, "duration_seconds": 120, "instance_type": "ml.g5.xlarge"}]}.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// `spotcheck local serve`.
+#[derive(Args)]
+pub struct Serve {
+    /// Address of the SageMaker endpoint.
+    #[arg(long, default_value = "127.0.0.1:8780")]
+    pub listen: SocketAddr,
+    /// Address of the embedded S3.
+    #[arg(long, default_value = "127.0.0.1:8781")]
+    pub s3_listen: SocketAddr,
+    /// Use this S3 endpoint (e.g. LocalStack's http://127.0.0.1:4566) instead of the embedded one.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// Work directory: job trees, logs, the embedded S3's files.
+    #[arg(long, default_value = "work/local")]
+    pub workdir: PathBuf,
+    /// The program that training images run (default: `train` beside this binary).
+    #[arg(long)]
+    pub trainer: Option<PathBuf>,
+    /// Map one training image to a program: IMAGE=PATH (repeatable).
+    #[arg(long = "image", value_name = "IMAGE=PATH")]
+    pub images: Vec<String>,
+    /// Simulated seconds per wall second (billing seconds = wall seconds × this).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Jump simulated time over idle stretches (every job waiting for capacity).
+    #[arg(long)]
+    pub fast_forward: bool,
+    /// Simulated seconds between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 120.0)]
+    pub grace_seconds: f64,
+    /// Buckets to create at start (repeatable).
+    #[arg(long = "bucket")]
+    pub buckets: Vec<String>,
+    /// Run the spotcheck control plane in-process (the Lambda's handler behind the template's
+    /// rules), with this policy file (`-` for the defaults).
+    #[arg(long)]
+    pub control_plane: Option<String>,
+    /// Also send every state-change event to this EventBridge endpoint (e.g. LocalStack).
+    #[arg(long)]
+    pub eventbridge_endpoint: Option<String>,
+    #[command(flatten)]
+    pub market: MarketFlags,
+}
+
+/// `spotcheck demo`.
+#[derive(Args)]
+pub struct Demo {
+    /// Work directory (reports, job trees, S3 files).
+    #[arg(long, default_value = "work/demo")]
+    pub workdir: PathBuf,
+    /// The `train` binary (default: beside this binary).
+    #[arg(long)]
+    pub trainer: Option<PathBuf>,
+    /// Fashion-MNIST IDX directory.
+    #[arg(long, default_value = demo::FASHION_MNIST)]
+    pub data: PathBuf,
+    /// Optimizer steps (the run's length; ~0.05 s each on 2 cores).
+    #[arg(long, default_value_t = 600)]
+    pub steps: u64,
+    /// Simulated hours the uninterrupted run's wall time maps to.
+    #[arg(long, default_value_t = 4.0)]
+    pub simulated_hours: f64,
+    /// A policy JSON file for the control plane (default: ladder ml.g4dn.xlarge → ml.g5.xlarge).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// The first job's instance type.
+    #[arg(long, default_value = "ml.g4dn.xlarge")]
+    pub instance_type: String,
+    /// Extra hyperparameters NAME=VALUE (repeatable).
+    #[arg(long = "hp", value_name = "NAME=VALUE")]
+    pub hp: Vec<String>,
+    /// Do not try to install the dataset package when it is missing.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Give up after this many wall seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_seconds: u64,
+    #[command(flatten)]
+    pub market: MarketFlags,
+}
+
+/// `train` beside the running `spotcheck` (both are built into the same target directory).
+fn default_trainer() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the spotcheck binary")?;
+    Ok(exe.with_file_name("train"))
+}
+
+fn read_trace(path: &Option<PathBuf>) -> Result<Option<Trace>> {
+    path.as_ref()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Trace::from_json(&bytes).with_context(|| format!("--trace {}", p.display()))
+        })
+        .transpose()
+}
+
+fn read_policy(path: &Path) -> Result<Policy> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Policy::from_json(&bytes).with_context(|| format!("--policy {}", path.display()))
+}
+
+fn key_values(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("{flag} {kv}: expected NAME=VALUE"))
+        })
+        .collect()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPOTCHECK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs `spotcheck local serve` until Ctrl-C.
+pub fn serve(args: Serve) -> Result<ExitCode> {
+    init_logging();
+    let trainer = match args.trainer {
+        Some(t) => t,
+        None => default_trainer()?,
+    };
+    if !trainer.is_file() {
+        bail!(
+            "the trainer {} does not exist: build it with `cargo build -p spotcheck-trainer --bin train` or pass --trainer",
+            trainer.display()
+        );
+    }
+    let mut service = ServiceConfig::new(args.workdir.clone(), trainer);
+    service.images.mapped = key_values(&args.images, "--image")?
+        .into_iter()
+        .map(|(k, v)| (k, PathBuf::from(v)))
+        .collect();
+    if !(args.time_scale.is_finite() && args.time_scale > 0.0) {
+        bail!("--time-scale must be a positive number");
+    }
+    service.time_scale = args.time_scale;
+    service.fast_forward = args.fast_forward;
+    service.grace_seconds = args.grace_seconds;
+    service.market = MarketConfig {
+        seed: args.market.seed.unwrap_or(1),
+        interruptions_per_hour: args.market.interruptions_per_hour.unwrap_or(0.0),
+        trace: read_trace(&args.market.trace)?,
+        ..MarketConfig::default()
+    };
+    let mut config = StackConfig::new(service);
+    config.sagemaker_addr = args.listen;
+    config.s3_addr = args.s3_listen;
+    config.s3_endpoint = args.s3_endpoint;
+    config.buckets = args.buckets;
+    config.eventbridge_endpoint = args.eventbridge_endpoint;
+    config.echo_decisions = true;
+    config.control_plane = match args.control_plane.as_deref() {
+        None => None,
+        Some("-") => Some(Policy::default()),
+        Some(p) => Some(read_policy(Path::new(p))?),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let stack = Stack::start(config, |d| {
+            let detail = &d.event["detail"];
+            eprintln!(
+                "event: {} {}/{}",
+                detail["TrainingJobName"].as_str().unwrap_or("?"),
+                detail["TrainingJobStatus"].as_str().unwrap_or("?"),
+                detail["SecondaryStatus"].as_str().unwrap_or("?")
+            );
+        })
+        .await?;
+        println!("SageMaker endpoint: {}", stack.sagemaker.endpoint());
+        println!("S3 endpoint:        {}", stack.s3_endpoint);
+        println!("credentials:        AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION={}", stack.service.config().region);
+        println!("example:            aws sagemaker list-training-jobs --endpoint-url {}", stack.sagemaker.endpoint());
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        eprintln!("stopping");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Installs `dataset-fashion-mnist` with apt-get when running as root with apt available.
+fn install_dataset() -> Result<()> {
+    let root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        bail!("not root or no apt-get");
+    }
+    eprintln!("Installing Debian's dataset-fashion-mnist package (first use)…");
+    let status = std::process::Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "dataset-fashion-mnist"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        let _ = std::process::Command::new("apt-get").arg("update").status();
+        let status = std::process::Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "dataset-fashion-mnist"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get install dataset-fashion-mnist failed");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `spotcheck demo`.
+pub fn run_demo(args: Demo) -> Result<ExitCode> {
+    init_logging();
+    let trainer = match args.trainer {
+        Some(t) => t,
+        None => default_trainer()?,
+    };
+    let mut config = DemoConfig::new(args.workdir, trainer);
+    config.data = args.data;
+    if demo::check_data(&config.data).is_err() && !args.no_install && config.data == Path::new(demo::FASHION_MNIST) {
+        if let Err(e) = install_dataset() {
+            eprintln!("could not install the dataset automatically ({e:#})");
+        }
+    }
+    demo::check_data(&config.data)?;
+    if let Some(seed) = args.market.seed {
+        config.seed = seed;
+    }
+    if let Some(rate) = args.market.interruptions_per_hour {
+        if !(rate.is_finite() && rate >= 0.0) {
+            bail!("--interruptions-per-hour must be a number ≥ 0");
+        }
+        config.interruptions_per_hour = rate;
+    }
+    config.trace = read_trace(&args.market.trace)?;
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    config.max_steps = args.steps;
+    if !(args.simulated_hours.is_finite() && args.simulated_hours > 0.0) {
+        bail!("--simulated-hours must be positive");
+    }
+    config.simulated_hours = args.simulated_hours;
+    config.instance_type = args.instance_type;
+    if let Some(p) = &args.policy {
+        config.policy = read_policy(p)?;
+    } else if config.policy.instance_ladder.first() != Some(&config.instance_type) {
+        config.policy.instance_ladder = vec![config.instance_type.clone(), "ml.g5.xlarge".into()];
+    }
+    config.hyperparameters = key_values(&args.hp, "--hp")?;
+    config.timeout = Duration::from_secs(args.timeout_seconds);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let progress: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(|line: &str| eprintln!("{line}"));
+    let outcome = runtime.block_on(demo::run(config, progress))?;
+    println!("{}", outcome.text);
+    println!("HTML report: {}", outcome.html.display());
+    println!("JSON report: {}", outcome.json.display());
+    Ok(match outcome.report.weights_match {
+        Some(true) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}

@@ -1,0 +1,498 @@
+//! The SageMaker API shapes: CreateTrainingJob validation, DescribeTrainingJob and
+//! ListTrainingJobs output, SageMaker's error shape.
+//!
+//! Owns the parts of the protocol that are pure data work: [`TrainingJobRequest::parse`]
+//! checks a CreateTrainingJob body the way SageMaker does (name pattern, required members,
+//! spot rules) and keeps the body to echo it back; [`describe`] merges that body with a
+//! [`JobState`]; [`ApiError`] is the `{"__type", "message"}` body with its HTTP status. It never
+//! touches the network, processes or the clock.
+
+use serde_json::{json, Map, Value};
+use spotcheck_control::naming::is_valid_job_name;
+
+use crate::clock::EpochMs;
+use crate::job::{JobSpec, JobState, Phase};
+
+/// An error in SageMaker's JSON 1.1 shape.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// `__type`, e.g. `ValidationException`.
+    pub code: &'static str,
+    /// `message`.
+    pub message: String,
+    /// HTTP status.
+    pub status: u16,
+}
+
+impl ApiError {
+    /// `ValidationException` (400).
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "ValidationException",
+            message: message.into(),
+            status: 400,
+        }
+    }
+
+    /// `ResourceInUse` (400): a job with this name exists.
+    pub fn in_use(name: &str) -> Self {
+        ApiError {
+            code: "ResourceInUse",
+            message: format!("Training job names must be unique within an AWS account and region, and a training job with this name already exists ({name})"),
+            status: 400,
+        }
+    }
+
+    /// What SageMaker answers for an unknown job: a `ValidationException` saying "not found".
+    pub fn not_found(name: &str) -> Self {
+        Self::validation(format!("Requested resource not found: {name}"))
+    }
+
+    /// `UnknownOperationException` (400).
+    pub fn unknown_operation(target: &str) -> Self {
+        ApiError {
+            code: "UnknownOperationException",
+            message: format!("operation {target:?} is not supported by the local SageMaker service"),
+            status: 400,
+        }
+    }
+
+    /// `SerializationException` (400): the body is not JSON.
+    pub fn serialization(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "SerializationException",
+            message: message.into(),
+            status: 400,
+        }
+    }
+
+    /// `InternalFailure` (500).
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            code: "InternalFailure",
+            message: message.into(),
+            status: 500,
+        }
+    }
+
+    /// The response body.
+    pub fn body(&self) -> Value {
+        json!({"__type": self.code, "message": self.message})
+    }
+}
+
+/// A channel of `InputDataConfig`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channel {
+    /// `ChannelName`.
+    pub name: String,
+    /// `DataSource.S3DataSource.S3Uri` (`s3://…`, or `file://…` for local data).
+    pub uri: String,
+}
+
+/// A validated CreateTrainingJob request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainingJobRequest {
+    /// `TrainingJobName`.
+    pub name: String,
+    /// `AlgorithmSpecification.TrainingImage` (or `AlgorithmName`).
+    pub image: String,
+    /// `ResourceConfig.InstanceType`.
+    pub instance_type: String,
+    /// `EnableManagedSpotTraining`.
+    pub spot: bool,
+    /// `StoppingCondition.MaxRuntimeInSeconds` (default one day).
+    pub max_runtime_seconds: u64,
+    /// `StoppingCondition.MaxWaitTimeInSeconds`.
+    pub max_wait_seconds: Option<u64>,
+    /// `HyperParameters`.
+    pub hyperparameters: Map<String, Value>,
+    /// `InputDataConfig`.
+    pub channels: Vec<Channel>,
+    /// `CheckpointConfig.S3Uri`.
+    pub checkpoint_s3_uri: Option<String>,
+    /// `CheckpointConfig.LocalPath` (default `/opt/ml/checkpoints`).
+    pub checkpoint_local_path: String,
+    /// `OutputDataConfig.S3OutputPath`.
+    pub output_path: String,
+    /// `Environment`.
+    pub environment: Map<String, Value>,
+    /// `Tags`.
+    pub tags: Vec<(String, String)>,
+    /// The body as sent, `Tags` removed (DescribeTrainingJob echoes it).
+    pub body: Map<String, Value>,
+}
+
+/// One day, SageMaker's default `MaxRuntimeInSeconds`.
+pub const DEFAULT_MAX_RUNTIME: u64 = 86_400;
+/// 28 days, SageMaker's largest `MaxRuntimeInSeconds`.
+pub const MAX_MAX_RUNTIME: u64 = 28 * 86_400;
+
+fn member<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn string(v: &Value, path: &[&str], field: &str) -> Result<Option<String>, ApiError> {
+    match member(v, path) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::validation(format!("{field} must be a string"))),
+    }
+}
+
+fn required(v: &Value, path: &[&str], field: &str) -> Result<String, ApiError> {
+    string(v, path, field)?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::validation(format!(
+                "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+            ))
+        })
+}
+
+fn seconds(v: &Value, path: &[&str], field: &str) -> Result<Option<u64>, ApiError> {
+    match member(v, path) {
+        None | Some(Value::Null) => Ok(None),
+        Some(n) => match n.as_u64() {
+            Some(s) if s >= 1 => Ok(Some(s)),
+            _ => Err(ApiError::validation(format!(
+                "1 validation error detected: Value {n} at '{field}' failed to satisfy constraint: Member must have value greater than or equal to 1"
+            ))),
+        },
+    }
+}
+
+fn string_map(v: &Value, key: &str) -> Result<Map<String, Value>, ApiError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => {
+            if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_string()) {
+                return Err(ApiError::validation(format!("{key}.{k} must be a string")));
+            }
+            Ok(m.clone())
+        }
+        Some(_) => Err(ApiError::validation(format!("{key} must be a map of strings"))),
+    }
+}
+
+/// `Tags` of a request: a list of `{Key, Value}`.
+pub fn parse_tags(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let items = v
+        .as_array()
+        .ok_or_else(|| ApiError::validation("Tags must be a list of {Key, Value}"))?;
+    items
+        .iter()
+        .map(|t| {
+            let key = t.get("Key").and_then(Value::as_str).filter(|k| !k.is_empty());
+            let value = t.get("Value").and_then(Value::as_str).unwrap_or("");
+            match key {
+                Some(k) if k.len() <= 128 && value.len() <= 256 => Ok((k.to_owned(), value.to_owned())),
+                _ => Err(ApiError::validation("every tag needs a Key of 1 to 128 characters and a Value of at most 256")),
+            }
+        })
+        .collect()
+}
+
+impl TrainingJobRequest {
+    /// Validates a CreateTrainingJob body.
+    pub fn parse(body: &Value) -> Result<TrainingJobRequest, ApiError> {
+        let Some(obj) = body.as_object() else {
+            return Err(ApiError::serialization("the request body must be a JSON object"));
+        };
+        let name = required(body, &["TrainingJobName"], "trainingJobName")?;
+        if !is_valid_job_name(&name) {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{name}' at 'trainingJobName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}}"
+            )));
+        }
+        let image = string(body, &["AlgorithmSpecification", "TrainingImage"], "algorithmSpecification.trainingImage")?
+            .or(string(body, &["AlgorithmSpecification", "AlgorithmName"], "algorithmSpecification.algorithmName")?)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::validation("AlgorithmSpecification must name a TrainingImage or an AlgorithmName"))?;
+        required(body, &["AlgorithmSpecification", "TrainingInputMode"], "algorithmSpecification.trainingInputMode")?;
+        let role = required(body, &["RoleArn"], "roleArn")?;
+        if role.len() < 20 || !role.starts_with("arn:") {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{role}' at 'roleArn' failed to satisfy constraint: Member must satisfy regular expression pattern: ^arn:aws[a-z\\-]*:iam::\\d{{12}}:role/?[a-zA-Z_0-9+=,.@\\-_/]+$"
+            )));
+        }
+        let output_path = required(body, &["OutputDataConfig", "S3OutputPath"], "outputDataConfig.s3OutputPath")?;
+        if !output_path.starts_with("s3://") {
+            return Err(ApiError::validation("OutputDataConfig.S3OutputPath must be an s3:// URI"));
+        }
+        let instance_type = required(body, &["ResourceConfig", "InstanceType"], "resourceConfig.instanceType")?;
+        if !instance_type.starts_with("ml.") {
+            return Err(ApiError::validation(format!("ResourceConfig.InstanceType {instance_type:?} is not an ml.* instance type")));
+        }
+        match member(body, &["ResourceConfig", "InstanceCount"]).and_then(Value::as_u64) {
+            Some(1) => {}
+            Some(n) => return Err(ApiError::validation(format!("ResourceConfig.InstanceCount {n}: the local service runs single-instance jobs only"))),
+            None => return Err(ApiError::validation("1 validation error detected: Value null at 'resourceConfig.instanceCount' failed to satisfy constraint: Member must not be null")),
+        }
+        seconds(body, &["ResourceConfig", "VolumeSizeInGB"], "resourceConfig.volumeSizeInGB")?;
+        let spot = match body.get("EnableManagedSpotTraining") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::validation("EnableManagedSpotTraining must be a boolean")),
+        };
+        let max_runtime = seconds(body, &["StoppingCondition", "MaxRuntimeInSeconds"], "stoppingCondition.maxRuntimeInSeconds")?;
+        if max_runtime.is_some_and(|r| r > MAX_MAX_RUNTIME) {
+            return Err(ApiError::validation(format!("MaxRuntimeInSeconds must be at most {MAX_MAX_RUNTIME}")));
+        }
+        let max_runtime_seconds = max_runtime.unwrap_or(DEFAULT_MAX_RUNTIME);
+        let max_wait_seconds = seconds(body, &["StoppingCondition", "MaxWaitTimeInSeconds"], "stoppingCondition.maxWaitTimeInSeconds")?;
+        match (spot, max_wait_seconds) {
+            (true, None) => return Err(ApiError::validation("MaxWaitTimeInSeconds is required when EnableManagedSpotTraining is true")),
+            (false, Some(_)) => return Err(ApiError::validation("MaxWaitTimeInSeconds is only valid with EnableManagedSpotTraining")),
+            (true, Some(w)) if w < max_runtime_seconds => return Err(ApiError::validation(format!(
+                "Invalid MaxWaitTimeInSeconds: {w} must be greater than or equal to MaxRuntimeInSeconds {max_runtime_seconds}"
+            ))),
+            _ => {}
+        }
+        let hyperparameters = string_map(body, "HyperParameters")?;
+        let environment = string_map(body, "Environment")?;
+        let mut channels = Vec::new();
+        if let Some(list) = body.get("InputDataConfig").filter(|v| !v.is_null()) {
+            let list = list.as_array().ok_or_else(|| ApiError::validation("InputDataConfig must be a list"))?;
+            for c in list {
+                let name = required(c, &["ChannelName"], "inputDataConfig.member.channelName")?;
+                let uri = required(c, &["DataSource", "S3DataSource", "S3Uri"], "inputDataConfig.member.dataSource.s3DataSource.s3Uri")?;
+                if !(uri.starts_with("s3://") || uri.starts_with("file://")) {
+                    return Err(ApiError::validation(format!("channel {name}: S3Uri {uri:?} must be s3:// (or file:// for local data)")));
+                }
+                if channels.iter().any(|c: &Channel| c.name == name) {
+                    return Err(ApiError::validation(format!("channel {name} is given twice")));
+                }
+                channels.push(Channel { name, uri });
+            }
+        }
+        let checkpoint_s3_uri = string(body, &["CheckpointConfig", "S3Uri"], "checkpointConfig.s3Uri")?;
+        if body.get("CheckpointConfig").is_some_and(|c| !c.is_null()) {
+            match &checkpoint_s3_uri {
+                Some(u) if u.starts_with("s3://") && u.len() > 5 => {}
+                _ => return Err(ApiError::validation("CheckpointConfig.S3Uri must be an s3:// URI")),
+            }
+        }
+        let checkpoint_local_path = string(body, &["CheckpointConfig", "LocalPath"], "checkpointConfig.localPath")?
+            .unwrap_or_else(|| "/opt/ml/checkpoints".into());
+        let tags = parse_tags(body.get("Tags"))?;
+        let mut kept = obj.clone();
+        kept.remove("Tags");
+        Ok(TrainingJobRequest {
+            name,
+            image,
+            instance_type,
+            spot,
+            max_runtime_seconds,
+            max_wait_seconds,
+            hyperparameters,
+            channels,
+            checkpoint_s3_uri,
+            checkpoint_local_path,
+            output_path,
+            environment,
+            tags,
+            body: kept,
+        })
+    }
+
+    /// The state machine's view, given the market's billable ratio and the grace period.
+    pub fn spec(&self, billable_ratio: f64, grace_ms: i64) -> JobSpec {
+        JobSpec {
+            spot: self.spot,
+            max_runtime_seconds: self.max_runtime_seconds,
+            max_wait_seconds: self.max_wait_seconds,
+            billable_ratio: if self.spot { billable_ratio } else { 1.0 },
+            grace_ms,
+        }
+    }
+}
+
+/// A training job's ARN (SageMaker lower-cases the name in it).
+pub fn job_arn(region: &str, account: &str, name: &str) -> String {
+    format!(
+        "arn:aws:sagemaker:{region}:{account}:training-job/{}",
+        name.to_ascii_lowercase()
+    )
+}
+
+/// Epoch seconds as the JSON 1.1 protocol sends timestamps.
+pub fn epoch_seconds(ms: EpochMs) -> Value {
+    json!(ms as f64 / 1000.0)
+}
+
+/// DescribeTrainingJob output: the request echoed back, plus the state.
+pub fn describe(
+    req: &TrainingJobRequest,
+    spec: &JobSpec,
+    state: &JobState,
+    arn: &str,
+    model_artifacts: Option<&str>,
+    now: EpochMs,
+) -> Value {
+    let mut out = req.body.clone();
+    let mut put = |k: &str, v: Value| {
+        out.insert(k.to_owned(), v);
+    };
+    put("TrainingJobArn", json!(arn));
+    put("TrainingJobStatus", json!(state.status));
+    put("SecondaryStatus", json!(state.secondary));
+    put("CreationTime", epoch_seconds(state.created));
+    put("LastModifiedTime", epoch_seconds(state.last_modified));
+    if let Some(t) = state.training_start {
+        put("TrainingStartTime", epoch_seconds(t));
+    }
+    if let Some(t) = state.training_end {
+        put("TrainingEndTime", epoch_seconds(t));
+    }
+    let mut stopping = req
+        .body
+        .get("StoppingCondition")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    stopping
+        .entry("MaxRuntimeInSeconds")
+        .or_insert(json!(req.max_runtime_seconds));
+    put("StoppingCondition", Value::Object(stopping));
+    put("EnableManagedSpotTraining", json!(req.spot));
+    if req.checkpoint_s3_uri.is_some() {
+        put(
+            "CheckpointConfig",
+            json!({"S3Uri": req.checkpoint_s3_uri, "LocalPath": req.checkpoint_local_path}),
+        );
+    }
+    if let Some(reason) = &state.failure_reason {
+        put("FailureReason", json!(reason));
+    }
+    if let Some(uri) = model_artifacts {
+        put("ModelArtifacts", json!({"S3ModelArtifacts": uri}));
+    }
+    if state.phase == Phase::Ended {
+        put("TrainingTimeInSeconds", json!(state.training_seconds(now)));
+        put("BillableTimeInSeconds", json!(state.billable_seconds(spec, now)));
+    }
+    put(
+        "SecondaryStatusTransitions",
+        Value::Array(
+            state
+                .transitions
+                .iter()
+                .map(|t| {
+                    let mut m = Map::new();
+                    m.insert("Status".into(), json!(t.status));
+                    m.insert("StartTime".into(), epoch_seconds(t.start));
+                    if let Some(end) = t.end {
+                        m.insert("EndTime".into(), epoch_seconds(end));
+                    }
+                    m.insert("StatusMessage".into(), json!(t.message));
+                    Value::Object(m)
+                })
+                .collect(),
+        ),
+    );
+    Value::Object(out)
+}
+
+/// One `TrainingJobSummaries` entry of ListTrainingJobs.
+pub fn summary(name: &str, arn: &str, state: &JobState) -> Value {
+    let mut m = Map::new();
+    m.insert("TrainingJobName".into(), json!(name));
+    m.insert("TrainingJobArn".into(), json!(arn));
+    m.insert("CreationTime".into(), epoch_seconds(state.created));
+    m.insert("LastModifiedTime".into(), epoch_seconds(state.last_modified));
+    if let Some(t) = state.training_end {
+        m.insert("TrainingEndTime".into(), epoch_seconds(t));
+    }
+    m.insert("TrainingJobStatus".into(), json!(state.status));
+    m.insert("SecondaryStatus".into(), json!(state.secondary));
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Value {
+        json!({
+            "TrainingJobName": "fmnist-1",
+            "AlgorithmSpecification": {"TrainingImage": "spotcheck-trainer:latest", "TrainingInputMode": "File"},
+            "RoleArn": "arn:aws:iam::000000000000:role/SageMakerRole",
+            "OutputDataConfig": {"S3OutputPath": "s3://out/models"},
+            "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200},
+            "EnableManagedSpotTraining": true,
+            "HyperParameters": {"epochs": "1"},
+            "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "file:///data"}}}],
+            "CheckpointConfig": {"S3Uri": "s3://ckpt/fmnist"},
+            "Tags": [{"Key": "spotcheck:enabled", "Value": "true"}]
+        })
+    }
+
+    #[test]
+    fn a_valid_request_parses() {
+        let r = TrainingJobRequest::parse(&valid()).unwrap();
+        assert_eq!(r.name, "fmnist-1");
+        assert!(r.spot);
+        assert_eq!(r.max_wait_seconds, Some(7200));
+        assert_eq!(r.checkpoint_local_path, "/opt/ml/checkpoints");
+        assert_eq!(r.channels[0].uri, "file:///data");
+        assert_eq!(r.tags, vec![("spotcheck:enabled".into(), "true".into())]);
+        assert!(!r.body.contains_key("Tags"));
+    }
+
+    #[test]
+    fn invalid_requests_are_validation_errors() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("/TrainingJobName", json!("bad_name!"), "regular expression"),
+            ("/TrainingJobName", json!("x".repeat(64)), "regular expression"),
+            ("/TrainingJobName", Value::Null, "must not be null"),
+            ("/RoleArn", json!("role"), "roleArn"),
+            ("/ResourceConfig/InstanceCount", json!(2), "single-instance"),
+            ("/ResourceConfig/InstanceType", json!("p3.2xlarge"), "ml.*"),
+            ("/StoppingCondition/MaxWaitTimeInSeconds", json!(60), "greater than or equal to MaxRuntimeInSeconds"),
+            ("/StoppingCondition/MaxWaitTimeInSeconds", Value::Null, "required"),
+            ("/StoppingCondition/MaxRuntimeInSeconds", json!(0), "greater than or equal to 1"),
+            ("/HyperParameters/epochs", json!(1), "must be a string"),
+            ("/CheckpointConfig/S3Uri", json!("/tmp/x"), "s3://"),
+            ("/InputDataConfig/0/DataSource/S3DataSource/S3Uri", json!("http://x"), "s3://"),
+            ("/Tags/0/Key", json!(""), "Key"),
+        ];
+        for (pointer, value, expected) in cases {
+            let mut body = valid();
+            *body.pointer_mut(pointer).unwrap() = value;
+            let err = TrainingJobRequest::parse(&body).unwrap_err();
+            assert_eq!(err.code, "ValidationException", "{pointer}");
+            assert!(err.message.contains(expected), "{pointer}: {}", err.message);
+        }
+        let mut on_demand = valid();
+        on_demand["EnableManagedSpotTraining"] = json!(false);
+        assert!(TrainingJobRequest::parse(&on_demand).unwrap_err().message.contains("only valid"));
+        assert_eq!(TrainingJobRequest::parse(&json!([1])).unwrap_err().code, "SerializationException");
+    }
+
+    #[test]
+    fn describe_echoes_the_request_and_reports_times_at_the_end() {
+        let r = TrainingJobRequest::parse(&valid()).unwrap();
+        let spec = r.spec(0.3, 1000);
+        let mut s = JobState::new(&spec, 1_000);
+        let d = describe(&r, &spec, &s, "arn:x", None, 2_000);
+        assert_eq!(d["TrainingJobStatus"], "InProgress");
+        assert_eq!(d["SecondaryStatus"], "Starting");
+        assert_eq!(d["HyperParameters"]["epochs"], "1");
+        assert_eq!(d["CreationTime"], json!(1.0));
+        assert!(d.get("BillableTimeInSeconds").is_none());
+        assert!(d.get("Tags").is_none());
+        s = crate::job::step(&spec, &s, crate::job::Input::StopRequested, 3_000).0;
+        let d = describe(&r, &spec, &s, "arn:x", Some("s3://out/m.tar.gz"), 3_000);
+        assert_eq!(d["TrainingJobStatus"], "Stopped");
+        assert_eq!(d["TrainingTimeInSeconds"], 0);
+        assert_eq!(d["ModelArtifacts"]["S3ModelArtifacts"], "s3://out/m.tar.gz");
+        assert_eq!(d["SecondaryStatusTransitions"].as_array().unwrap().len(), 3);
+        assert_eq!(job_arn("us-east-1", "1", "Ab-C"), "arn:aws:sagemaker:us-east-1:1:training-job/ab-c");
+    }
+}
