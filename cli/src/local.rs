@@ -226,20 +226,34 @@ pub fn serve(args: Serve) -> Result<ExitCode> {
 
 /// Installs `dataset-fashion-mnist` with apt-get when running as root with apt available.
 fn install_dataset() -> Result<()> {
-    let root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if !root || !Path::new("/usr/bin/apt-get").exists() {
         bail!("not root or no apt-get");
     }
     eprintln!("Installing Debian's dataset-fashion-mnist package (first use)…");
     let status = std::process::Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "dataset-fashion-mnist"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "dataset-fashion-mnist",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get")?;
     if !status.success() {
         let _ = std::process::Command::new("apt-get").arg("update").status();
         let status = std::process::Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "dataset-fashion-mnist"])
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "dataset-fashion-mnist",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .context("running apt-get")?;
@@ -259,7 +273,10 @@ pub fn run_demo(args: Demo) -> Result<ExitCode> {
     };
     let mut config = DemoConfig::new(args.workdir, trainer);
     config.data = args.data;
-    if demo::check_data(&config.data).is_err() && !args.no_install && config.data == Path::new(demo::FASHION_MNIST) {
+    if demo::check_data(&config.data).is_err()
+        && !args.no_install
+        && config.data == Path::new(demo::FASHION_MNIST)
+    {
         if let Err(e) = install_dataset() {
             eprintln!("could not install the dataset automatically ({e:#})");
         }

@@ -53,7 +53,9 @@ impl ApiError {
     pub fn unknown_operation(target: &str) -> Self {
         ApiError {
             code: "UnknownOperationException",
-            message: format!("operation {target:?} is not supported by the local SageMaker service"),
+            message: format!(
+                "operation {target:?} is not supported by the local SageMaker service"
+            ),
             status: 400,
         }
     }
@@ -172,7 +174,9 @@ fn string_map(v: &Value, key: &str) -> Result<Map<String, Value>, ApiError> {
             }
             Ok(m.clone())
         }
-        Some(_) => Err(ApiError::validation(format!("{key} must be a map of strings"))),
+        Some(_) => Err(ApiError::validation(format!(
+            "{key} must be a map of strings"
+        ))),
     }
 }
 
@@ -187,11 +191,18 @@ pub fn parse_tags(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> 
     items
         .iter()
         .map(|t| {
-            let key = t.get("Key").and_then(Value::as_str).filter(|k| !k.is_empty());
+            let key = t
+                .get("Key")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty());
             let value = t.get("Value").and_then(Value::as_str).unwrap_or("");
             match key {
-                Some(k) if k.len() <= 128 && value.len() <= 256 => Ok((k.to_owned(), value.to_owned())),
-                _ => Err(ApiError::validation("every tag needs a Key of 1 to 128 characters and a Value of at most 256")),
+                Some(k) if k.len() <= 128 && value.len() <= 256 => {
+                    Ok((k.to_owned(), value.to_owned()))
+                }
+                _ => Err(ApiError::validation(
+                    "every tag needs a Key of 1 to 128 characters and a Value of at most 256",
+                )),
             }
         })
         .collect()
@@ -201,7 +212,9 @@ impl TrainingJobRequest {
     /// Validates a CreateTrainingJob body.
     pub fn parse(body: &Value) -> Result<TrainingJobRequest, ApiError> {
         let Some(obj) = body.as_object() else {
-            return Err(ApiError::serialization("the request body must be a JSON object"));
+            return Err(ApiError::serialization(
+                "the request body must be a JSON object",
+            ));
         };
         let name = required(body, &["TrainingJobName"], "trainingJobName")?;
         if !is_valid_job_name(&name) {
@@ -209,42 +222,88 @@ impl TrainingJobRequest {
                 "1 validation error detected: Value '{name}' at 'trainingJobName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}}"
             )));
         }
-        let image = string(body, &["AlgorithmSpecification", "TrainingImage"], "algorithmSpecification.trainingImage")?
-            .or(string(body, &["AlgorithmSpecification", "AlgorithmName"], "algorithmSpecification.algorithmName")?)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError::validation("AlgorithmSpecification must name a TrainingImage or an AlgorithmName"))?;
-        required(body, &["AlgorithmSpecification", "TrainingInputMode"], "algorithmSpecification.trainingInputMode")?;
+        let image = string(
+            body,
+            &["AlgorithmSpecification", "TrainingImage"],
+            "algorithmSpecification.trainingImage",
+        )?
+        .or(string(
+            body,
+            &["AlgorithmSpecification", "AlgorithmName"],
+            "algorithmSpecification.algorithmName",
+        )?)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            ApiError::validation(
+                "AlgorithmSpecification must name a TrainingImage or an AlgorithmName",
+            )
+        })?;
+        required(
+            body,
+            &["AlgorithmSpecification", "TrainingInputMode"],
+            "algorithmSpecification.trainingInputMode",
+        )?;
         let role = required(body, &["RoleArn"], "roleArn")?;
         if role.len() < 20 || !role.starts_with("arn:") {
             return Err(ApiError::validation(format!(
                 "1 validation error detected: Value '{role}' at 'roleArn' failed to satisfy constraint: Member must satisfy regular expression pattern: ^arn:aws[a-z\\-]*:iam::\\d{{12}}:role/?[a-zA-Z_0-9+=,.@\\-_/]+$"
             )));
         }
-        let output_path = required(body, &["OutputDataConfig", "S3OutputPath"], "outputDataConfig.s3OutputPath")?;
+        let output_path = required(
+            body,
+            &["OutputDataConfig", "S3OutputPath"],
+            "outputDataConfig.s3OutputPath",
+        )?;
         if !output_path.starts_with("s3://") {
-            return Err(ApiError::validation("OutputDataConfig.S3OutputPath must be an s3:// URI"));
+            return Err(ApiError::validation(
+                "OutputDataConfig.S3OutputPath must be an s3:// URI",
+            ));
         }
-        let instance_type = required(body, &["ResourceConfig", "InstanceType"], "resourceConfig.instanceType")?;
+        let instance_type = required(
+            body,
+            &["ResourceConfig", "InstanceType"],
+            "resourceConfig.instanceType",
+        )?;
         if !instance_type.starts_with("ml.") {
-            return Err(ApiError::validation(format!("ResourceConfig.InstanceType {instance_type:?} is not an ml.* instance type")));
+            return Err(ApiError::validation(format!(
+                "ResourceConfig.InstanceType {instance_type:?} is not an ml.* instance type"
+            )));
         }
         match member(body, &["ResourceConfig", "InstanceCount"]).and_then(Value::as_u64) {
             Some(1) => {}
             Some(n) => return Err(ApiError::validation(format!("ResourceConfig.InstanceCount {n}: the local service runs single-instance jobs only"))),
             None => return Err(ApiError::validation("1 validation error detected: Value null at 'resourceConfig.instanceCount' failed to satisfy constraint: Member must not be null")),
         }
-        seconds(body, &["ResourceConfig", "VolumeSizeInGB"], "resourceConfig.volumeSizeInGB")?;
+        seconds(
+            body,
+            &["ResourceConfig", "VolumeSizeInGB"],
+            "resourceConfig.volumeSizeInGB",
+        )?;
         let spot = match body.get("EnableManagedSpotTraining") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(ApiError::validation("EnableManagedSpotTraining must be a boolean")),
+            Some(_) => {
+                return Err(ApiError::validation(
+                    "EnableManagedSpotTraining must be a boolean",
+                ))
+            }
         };
-        let max_runtime = seconds(body, &["StoppingCondition", "MaxRuntimeInSeconds"], "stoppingCondition.maxRuntimeInSeconds")?;
+        let max_runtime = seconds(
+            body,
+            &["StoppingCondition", "MaxRuntimeInSeconds"],
+            "stoppingCondition.maxRuntimeInSeconds",
+        )?;
         if max_runtime.is_some_and(|r| r > MAX_MAX_RUNTIME) {
-            return Err(ApiError::validation(format!("MaxRuntimeInSeconds must be at most {MAX_MAX_RUNTIME}")));
+            return Err(ApiError::validation(format!(
+                "MaxRuntimeInSeconds must be at most {MAX_MAX_RUNTIME}"
+            )));
         }
         let max_runtime_seconds = max_runtime.unwrap_or(DEFAULT_MAX_RUNTIME);
-        let max_wait_seconds = seconds(body, &["StoppingCondition", "MaxWaitTimeInSeconds"], "stoppingCondition.maxWaitTimeInSeconds")?;
+        let max_wait_seconds = seconds(
+            body,
+            &["StoppingCondition", "MaxWaitTimeInSeconds"],
+            "stoppingCondition.maxWaitTimeInSeconds",
+        )?;
         match (spot, max_wait_seconds) {
             (true, None) => return Err(ApiError::validation("MaxWaitTimeInSeconds is required when EnableManagedSpotTraining is true")),
             (false, Some(_)) => return Err(ApiError::validation("MaxWaitTimeInSeconds is only valid with EnableManagedSpotTraining")),
@@ -257,28 +316,50 @@ impl TrainingJobRequest {
         let environment = string_map(body, "Environment")?;
         let mut channels = Vec::new();
         if let Some(list) = body.get("InputDataConfig").filter(|v| !v.is_null()) {
-            let list = list.as_array().ok_or_else(|| ApiError::validation("InputDataConfig must be a list"))?;
+            let list = list
+                .as_array()
+                .ok_or_else(|| ApiError::validation("InputDataConfig must be a list"))?;
             for c in list {
                 let name = required(c, &["ChannelName"], "inputDataConfig.member.channelName")?;
-                let uri = required(c, &["DataSource", "S3DataSource", "S3Uri"], "inputDataConfig.member.dataSource.s3DataSource.s3Uri")?;
+                let uri = required(
+                    c,
+                    &["DataSource", "S3DataSource", "S3Uri"],
+                    "inputDataConfig.member.dataSource.s3DataSource.s3Uri",
+                )?;
                 if !(uri.starts_with("s3://") || uri.starts_with("file://")) {
-                    return Err(ApiError::validation(format!("channel {name}: S3Uri {uri:?} must be s3:// (or file:// for local data)")));
+                    return Err(ApiError::validation(format!(
+                        "channel {name}: S3Uri {uri:?} must be s3:// (or file:// for local data)"
+                    )));
                 }
                 if channels.iter().any(|c: &Channel| c.name == name) {
-                    return Err(ApiError::validation(format!("channel {name} is given twice")));
+                    return Err(ApiError::validation(format!(
+                        "channel {name} is given twice"
+                    )));
                 }
                 channels.push(Channel { name, uri });
             }
         }
-        let checkpoint_s3_uri = string(body, &["CheckpointConfig", "S3Uri"], "checkpointConfig.s3Uri")?;
+        let checkpoint_s3_uri = string(
+            body,
+            &["CheckpointConfig", "S3Uri"],
+            "checkpointConfig.s3Uri",
+        )?;
         if body.get("CheckpointConfig").is_some_and(|c| !c.is_null()) {
             match &checkpoint_s3_uri {
                 Some(u) if u.starts_with("s3://") && u.len() > 5 => {}
-                _ => return Err(ApiError::validation("CheckpointConfig.S3Uri must be an s3:// URI")),
+                _ => {
+                    return Err(ApiError::validation(
+                        "CheckpointConfig.S3Uri must be an s3:// URI",
+                    ))
+                }
             }
         }
-        let checkpoint_local_path = string(body, &["CheckpointConfig", "LocalPath"], "checkpointConfig.localPath")?
-            .unwrap_or_else(|| "/opt/ml/checkpoints".into());
+        let checkpoint_local_path = string(
+            body,
+            &["CheckpointConfig", "LocalPath"],
+            "checkpointConfig.localPath",
+        )?
+        .unwrap_or_else(|| "/opt/ml/checkpoints".into());
         let tags = parse_tags(body.get("Tags"))?;
         let mut kept = obj.clone();
         kept.remove("Tags");
@@ -374,7 +455,10 @@ pub fn describe(
     }
     if state.phase == Phase::Ended {
         put("TrainingTimeInSeconds", json!(state.training_seconds(now)));
-        put("BillableTimeInSeconds", json!(state.billable_seconds(spec, now)));
+        put(
+            "BillableTimeInSeconds",
+            json!(state.billable_seconds(spec, now)),
+        );
     }
     put(
         "SecondaryStatusTransitions",
@@ -404,7 +488,10 @@ pub fn summary(name: &str, arn: &str, state: &JobState) -> Value {
     m.insert("TrainingJobName".into(), json!(name));
     m.insert("TrainingJobArn".into(), json!(arn));
     m.insert("CreationTime".into(), epoch_seconds(state.created));
-    m.insert("LastModifiedTime".into(), epoch_seconds(state.last_modified));
+    m.insert(
+        "LastModifiedTime".into(),
+        epoch_seconds(state.last_modified),
+    );
     if let Some(t) = state.training_end {
         m.insert("TrainingEndTime".into(), epoch_seconds(t));
     }
@@ -449,17 +536,37 @@ mod tests {
     fn invalid_requests_are_validation_errors() {
         let cases: Vec<(&str, Value, &str)> = vec![
             ("/TrainingJobName", json!("bad_name!"), "regular expression"),
-            ("/TrainingJobName", json!("x".repeat(64)), "regular expression"),
+            (
+                "/TrainingJobName",
+                json!("x".repeat(64)),
+                "regular expression",
+            ),
             ("/TrainingJobName", Value::Null, "must not be null"),
             ("/RoleArn", json!("role"), "roleArn"),
             ("/ResourceConfig/InstanceCount", json!(2), "single-instance"),
             ("/ResourceConfig/InstanceType", json!("p3.2xlarge"), "ml.*"),
-            ("/StoppingCondition/MaxWaitTimeInSeconds", json!(60), "greater than or equal to MaxRuntimeInSeconds"),
-            ("/StoppingCondition/MaxWaitTimeInSeconds", Value::Null, "required"),
-            ("/StoppingCondition/MaxRuntimeInSeconds", json!(0), "greater than or equal to 1"),
+            (
+                "/StoppingCondition/MaxWaitTimeInSeconds",
+                json!(60),
+                "greater than or equal to MaxRuntimeInSeconds",
+            ),
+            (
+                "/StoppingCondition/MaxWaitTimeInSeconds",
+                Value::Null,
+                "required",
+            ),
+            (
+                "/StoppingCondition/MaxRuntimeInSeconds",
+                json!(0),
+                "greater than or equal to 1",
+            ),
             ("/HyperParameters/epochs", json!(1), "must be a string"),
             ("/CheckpointConfig/S3Uri", json!("/tmp/x"), "s3://"),
-            ("/InputDataConfig/0/DataSource/S3DataSource/S3Uri", json!("http://x"), "s3://"),
+            (
+                "/InputDataConfig/0/DataSource/S3DataSource/S3Uri",
+                json!("http://x"),
+                "s3://",
+            ),
             ("/Tags/0/Key", json!(""), "Key"),
         ];
         for (pointer, value, expected) in cases {
@@ -471,8 +578,14 @@ mod tests {
         }
         let mut on_demand = valid();
         on_demand["EnableManagedSpotTraining"] = json!(false);
-        assert!(TrainingJobRequest::parse(&on_demand).unwrap_err().message.contains("only valid"));
-        assert_eq!(TrainingJobRequest::parse(&json!([1])).unwrap_err().code, "SerializationException");
+        assert!(TrainingJobRequest::parse(&on_demand)
+            .unwrap_err()
+            .message
+            .contains("only valid"));
+        assert_eq!(
+            TrainingJobRequest::parse(&json!([1])).unwrap_err().code,
+            "SerializationException"
+        );
     }
 
     #[test]
@@ -493,6 +606,9 @@ mod tests {
         assert_eq!(d["TrainingTimeInSeconds"], 0);
         assert_eq!(d["ModelArtifacts"]["S3ModelArtifacts"], "s3://out/m.tar.gz");
         assert_eq!(d["SecondaryStatusTransitions"].as_array().unwrap().len(), 3);
-        assert_eq!(job_arn("us-east-1", "1", "Ab-C"), "arn:aws:sagemaker:us-east-1:1:training-job/ab-c");
+        assert_eq!(
+            job_arn("us-east-1", "1", "Ab-C"),
+            "arn:aws:sagemaker:us-east-1:1:training-job/ab-c"
+        );
     }
 }

@@ -95,7 +95,8 @@ impl SimClock {
                 return;
             }
             // Wake at least every second of wall time, so rounding never strands a sleeper.
-            let wait = self.wall_for(at - now).min(Duration::from_secs(1)) + Duration::from_millis(1);
+            let wait =
+                self.wall_for(at - now).min(Duration::from_secs(1)) + Duration::from_millis(1);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = jumps.changed() => {}

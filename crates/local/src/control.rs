@@ -163,10 +163,16 @@ pub async fn run_bus(
     mut observe: impl FnMut(Delivery) + Send,
 ) {
     while let Some(event) = rx.recv().await {
-        let matched: Vec<&Rule> = rules.iter().filter(|r| matches(&r.pattern, &event)).collect();
+        let matched: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| matches(&r.pattern, &event))
+            .collect();
         let mut handled = None;
         if let Some(cp) = &control {
-            if matched.iter().any(|r| r.targets.iter().any(|t| t == SAGEMAKER_FUNCTION)) {
+            if matched
+                .iter()
+                .any(|r| r.targets.iter().any(|t| t == SAGEMAKER_FUNCTION))
+            {
                 let now = Timestamp::from_epoch_ms(service.clock().now_ms());
                 handled = Some(match now {
                     Ok(now) => cp.handle(&event, now).await,
@@ -181,7 +187,11 @@ pub async fn run_bus(
                 detail: event["detail"].to_string(),
                 resources: event["resources"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| r.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             };
             if let Err(e) = eb.publish(&[entry]).await {

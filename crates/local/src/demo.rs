@@ -169,7 +169,9 @@ pub struct DemoOutcome {
 
 /// The dataset, or exactly what to do to get it.
 pub fn check_data(data: &Path) -> Result<(), DemoError> {
-    if data.join("train-images-idx3-ubyte.gz").exists() || data.join("train-images-idx3-ubyte").exists() {
+    if data.join("train-images-idx3-ubyte.gz").exists()
+        || data.join("train-images-idx3-ubyte").exists()
+    {
         return Ok(());
     }
     Err(DemoError::Missing(format!(
@@ -217,9 +219,9 @@ async fn reference_run(
         cmd.arg("--hp").arg(format!("{k}={v}"));
     }
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| DemoError::Reference(format!("cannot start {}: {e}", config.trainer.display())))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        DemoError::Reference(format!("cannot start {}: {e}", config.trainer.display()))
+    })?;
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
@@ -234,7 +236,10 @@ async fn reference_run(
     if !status.success() {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-        return Err(DemoError::Reference(format!("exit {status}; last log lines: {}", tail.join(" | "))));
+        return Err(DemoError::Reference(format!(
+            "exit {status}; last log lines: {}",
+            tail.join(" | ")
+        )));
     }
     Ok(started.elapsed().as_secs_f64())
 }
@@ -254,7 +259,11 @@ fn describe_delivery(d: &Delivery, origin: i64) -> Option<String> {
     );
     if let Some(Ok(h)) = &d.handled {
         if let Some(decision) = &h.decision {
-            line.push_str(&format!("  → control plane: {} ({})", decision.action_name(), decision.reason));
+            line.push_str(&format!(
+                "  → control plane: {} ({})",
+                decision.action_name(),
+                decision.reason
+            ));
         }
     }
     Some(line)
@@ -324,12 +333,16 @@ pub async fn run(
     let origin2 = origin.clone();
     let progress2 = progress.clone();
     let stack = Stack::start(stack_config, move |d| {
-        if let Some(line) = describe_delivery(d, origin2.load(std::sync::atomic::Ordering::SeqCst)) {
+        if let Some(line) = describe_delivery(d, origin2.load(std::sync::atomic::Ordering::SeqCst))
+        {
             progress2(&line);
         }
     })
     .await?;
-    origin.store(stack.service.clock().now_ms(), std::sync::atomic::Ordering::SeqCst);
+    origin.store(
+        stack.service.clock().now_ms(),
+        std::sync::atomic::Ordering::SeqCst,
+    );
 
     progress(&format!(
         "2/4 Managed spot training on the local SageMaker ({}), S3 ({}); market: {} interruptions/h, seed {}; ladder {}",
@@ -367,7 +380,11 @@ pub async fn run(
         .role_arn("arn:aws:iam::000000000000:role/spotcheck-demo")
         .set_hyper_parameters(Some(hp.clone().into_iter().collect()))
         .input_data_config(channel)
-        .output_data_config(OutputDataConfig::builder().s3_output_path(format!("s3://{DEMO_BUCKET}/models")).build())
+        .output_data_config(
+            OutputDataConfig::builder()
+                .s3_output_path(format!("s3://{DEMO_BUCKET}/models"))
+                .build(),
+        )
         .resource_config(
             ResourceConfig::builder()
                 .instance_type(TrainingInstanceType::from(config.instance_type.as_str()))
@@ -387,10 +404,17 @@ pub async fn run(
                 .s3_uri(format!("s3://{DEMO_BUCKET}/checkpoints/{name}"))
                 .build(),
         )
-        .tags(Tag::builder().key("spotcheck:enabled").value("true").build())
+        .tags(
+            Tag::builder()
+                .key("spotcheck:enabled")
+                .value("true")
+                .build(),
+        )
         .send()
         .await
-        .map_err(|e| DemoError::Create(aws_sdk_sagemaker::error::DisplayErrorContext(&e).to_string()))?;
+        .map_err(|e| {
+            DemoError::Create(aws_sdk_sagemaker::error::DisplayErrorContext(&e).to_string())
+        })?;
 
     // Training progress while the lineage runs.
     let watcher = {
@@ -401,16 +425,24 @@ pub async fn run(
             let mut last = None;
             loop {
                 tokio::time::sleep(Duration::from_secs(4)).await;
-                let running = service.jobs().into_iter().filter(|j| j.state.process_alive()).find_map(|j| {
-                    j.notes.iter().rev().find_map(|n| match &n.note {
-                        Note::ProcessStarted { instance, log } => Some((j.name.clone(), *instance, log.clone())),
-                        _ => None,
-                    })
-                });
+                let running = service
+                    .jobs()
+                    .into_iter()
+                    .filter(|j| j.state.process_alive())
+                    .find_map(|j| {
+                        j.notes.iter().rev().find_map(|n| match &n.note {
+                            Note::ProcessStarted { instance, log } => {
+                                Some((j.name.clone(), *instance, log.clone()))
+                            }
+                            _ => None,
+                        })
+                    });
                 if let Some((job, instance, log)) = running {
                     if let Some(step) = last_step(&log) {
                         if last != Some((instance, step)) {
-                            progress(&format!("  … {job} instance {instance}: step {step}/{max_steps}"));
+                            progress(&format!(
+                                "  … {job} instance {instance}: step {step}/{max_steps}"
+                            ));
                             last = Some((instance, step));
                         }
                     }
@@ -427,7 +459,10 @@ pub async fn run(
             .service
             .wait_until(left, |jobs| jobs.iter().all(|j| j.state.is_terminal()))
             .await;
-        let idle = stack.service.wait_idle(deadline.saturating_duration_since(Instant::now())).await;
+        let idle = stack
+            .service
+            .wait_idle(deadline.saturating_duration_since(Instant::now()))
+            .await;
         if terminal && idle && stack.service.jobs().iter().all(|j| j.state.is_terminal()) {
             break true;
         }
@@ -443,7 +478,11 @@ pub async fn run(
 
     progress("3/4 Comparing the final model with the reference");
     let jobs = stack.service.jobs();
-    let deliveries = stack.deliveries.lock().map(|d| d.clone()).unwrap_or_default();
+    let deliveries = stack
+        .deliveries
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
     let relaunches: Vec<Relaunch> = deliveries
         .iter()
         .filter_map(|d| {
@@ -452,7 +491,9 @@ pub async fn run(
                 return None;
             }
             let decision = h.decision.as_ref()?;
-            let Action::Relaunch(plan) = &decision.action else { return None };
+            let Action::Relaunch(plan) = &decision.action else {
+                return None;
+            };
             Some(Relaunch {
                 from: plan.parent.clone(),
                 to: plan.job_name.clone(),
@@ -478,7 +519,13 @@ pub async fn run(
     types.dedup();
     let outages = types
         .iter()
-        .flat_map(|t| stack.service.outages(t, end).into_iter().map(move |o| (t.clone(), o)))
+        .flat_map(|t| {
+            stack
+                .service
+                .outages(t, end)
+                .into_iter()
+                .map(move |o| (t.clone(), o))
+        })
         .collect();
     let mut weights = Vec::new();
     if let Some(last) = ordered.last().filter(|j| j.state.status == "Completed") {
@@ -520,7 +567,11 @@ pub async fn run(
     let html = config.workdir.join("report.html");
     let json = config.workdir.join("report.json");
     std::fs::write(&html, crate::html::render(&report)).map_err(io(&html))?;
-    std::fs::write(&json, serde_json::to_vec_pretty(&report).unwrap_or_default()).map_err(io(&json))?;
+    std::fs::write(
+        &json,
+        serde_json::to_vec_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(io(&json))?;
     let txt = config.workdir.join("report.txt");
     std::fs::write(&txt, &text).map_err(io(&txt))?;
     let decisions = config.workdir.join("decisions.jsonl");

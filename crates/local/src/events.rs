@@ -33,7 +33,8 @@ const TIMES: [&str; 5] = [
 ];
 
 fn ms(v: &Value) -> Value {
-    v.as_f64().map_or(v.clone(), |s| json!((s * 1000.0).round() as i64))
+    v.as_f64()
+        .map_or(v.clone(), |s| json!((s * 1000.0).round() as i64))
 }
 
 /// The event for a job's current Describe output (see the module doc).
@@ -49,7 +50,10 @@ pub fn state_change_event(
     for k in LEFT_OUT {
         detail.remove(k);
     }
-    if let Some(sc) = detail.get_mut("StoppingCondition").and_then(Value::as_object_mut) {
+    if let Some(sc) = detail
+        .get_mut("StoppingCondition")
+        .and_then(Value::as_object_mut)
+    {
         sc.remove("MaxWaitTimeInSeconds");
     }
     for k in TIMES {
@@ -70,7 +74,10 @@ pub fn state_change_event(
         "Tags".into(),
         Value::Object(tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
     );
-    let arn = describe.get("TrainingJobArn").cloned().unwrap_or(Value::Null);
+    let arn = describe
+        .get("TrainingJobArn")
+        .cloned()
+        .unwrap_or(Value::Null);
     let time = Timestamp::from_epoch_ms(time)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default();
@@ -102,12 +109,22 @@ mod tests {
             "SecondaryStatusTransitions": [{"Status": "Starting", "StartTime": 1700000000.5, "StatusMessage": "m"}],
             "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}
         });
-        let e = state_change_event(&describe, &[("spotcheck:enabled".into(), "true".into())], "id-1", 1_700_000_001_000, "us-east-1", "000000000000");
+        let e = state_change_event(
+            &describe,
+            &[("spotcheck:enabled".into(), "true".into())],
+            "id-1",
+            1_700_000_001_000,
+            "us-east-1",
+            "000000000000",
+        );
         assert_eq!(e["detail"]["CreationTime"], json!(1_700_000_000_500i64));
         assert!(e["detail"].get("BillableTimeInSeconds").is_none());
-        assert!(e["detail"]["StoppingCondition"].get("MaxWaitTimeInSeconds").is_none());
+        assert!(e["detail"]["StoppingCondition"]
+            .get("MaxWaitTimeInSeconds")
+            .is_none());
         assert_eq!(e["detail"]["Tags"]["spotcheck:enabled"], "true");
-        let Parsed::Relevant(parsed) = parse_event(&serde_json::to_vec(&e).unwrap()).unwrap() else {
+        let Parsed::Relevant(parsed) = parse_event(&serde_json::to_vec(&e).unwrap()).unwrap()
+        else {
             panic!("relevant");
         };
         let Signal::TrainingJobStateChange { job } = parsed.signal else {

@@ -19,7 +19,9 @@ fn color(status: &str) -> RGBColor {
         "Uploading" => RGBColor(40, 90, 200),
         "Stopping" => RGBColor(240, 150, 40),
         "Completed" => RGBColor(20, 120, 50),
-        "MaxWaitTimeExceeded" | "MaxRuntimeExceeded" | "Failed" | "Stopped" => RGBColor(150, 30, 30),
+        "MaxWaitTimeExceeded" | "MaxRuntimeExceeded" | "Failed" | "Stopped" => {
+            RGBColor(150, 30, 30)
+        }
         _ => RGBColor(160, 160, 160),
     }
 }
@@ -48,9 +50,15 @@ pub fn timeline_svg(r: &Report) -> String {
             .x_label_area_size(30)
             .y_label_area_size(250)
             .build_cartesian_2d(0f64..hours(end) * 1.02, 0f64..rows as f64);
-        let Ok(mut chart) = chart else { return String::new() };
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
         let labels: Vec<String> = std::iter::once("spot capacity outages".to_owned())
-            .chain(r.jobs.iter().map(|j| format!("{} ({})", j.name, j.instance_type)))
+            .chain(
+                r.jobs
+                    .iter()
+                    .map(|j| format!("{} ({})", j.name, j.instance_type)),
+            )
             .collect();
         let _ = chart
             .configure_mesh()
@@ -59,7 +67,10 @@ pub fn timeline_svg(r: &Report) -> String {
             .y_label_formatter(&|y| {
                 let i = *y - 0.5;
                 if (i - i.round()).abs() < 1e-6 && i >= 0.0 {
-                    labels.get(rows - 1 - i.round() as usize).cloned().unwrap_or_default()
+                    labels
+                        .get(rows - 1 - i.round() as usize)
+                        .cloned()
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 }
@@ -78,16 +89,32 @@ pub fn timeline_svg(r: &Report) -> String {
             let y = row_y(i + 1);
             let _ = chart.draw_series(j.phases.iter().map(|(s, e, status)| {
                 let e = if e <= s { s + end * 0.002 } else { *e };
-                Rectangle::new([(hours(*s), y + 0.2), (hours(e), y + 0.8)], color(status).filled())
+                Rectangle::new(
+                    [(hours(*s), y + 0.2), (hours(e), y + 0.8)],
+                    color(status).filled(),
+                )
             }));
             let _ = chart.draw_series(j.checkpoints.iter().map(|(t, _)| {
-                PathElement::new(vec![(hours(*t), y + 0.8), (hours(*t), y + 0.95)], BLACK.stroke_width(1))
+                PathElement::new(
+                    vec![(hours(*t), y + 0.8), (hours(*t), y + 0.95)],
+                    BLACK.stroke_width(1),
+                )
             }));
         }
-        let legend = ["Starting", "Downloading", "Training", "Interrupted", "Uploading", "Stopping"];
+        let legend = [
+            "Starting",
+            "Downloading",
+            "Training",
+            "Interrupted",
+            "Uploading",
+            "Stopping",
+        ];
         for (k, status) in legend.iter().enumerate() {
             let _ = chart
-                .draw_series(std::iter::once(Rectangle::new([(0.0, -1.0), (0.0, -1.0)], color(status).filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, -1.0), (0.0, -1.0)],
+                    color(status).filled(),
+                )))
                 .map(|s| {
                     s.label(*status).legend(move |(x, y)| {
                         Rectangle::new([(x, y - 5), (x + 12, y + 5)], color(legend[k]).filled())
@@ -123,15 +150,31 @@ pub fn steps_svg(r: &Report) -> String {
         let root = SVGBackend::with_string(&mut svg, (1000, 320)).into_drawing_area();
         let _ = root.fill(&WHITE);
         let chart = ChartBuilder::on(&root)
-            .caption("Newest checkpoint in S3 (training step) over simulated time", ("sans-serif", 20))
+            .caption(
+                "Newest checkpoint in S3 (training step) over simulated time",
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..max_t * 1.02, 0f64..max_s * 1.05);
-        let Ok(mut chart) = chart else { return String::new() };
-        let _ = chart.configure_mesh().x_desc("simulated hours").y_desc("step").draw();
-        let _ = chart.draw_series(LineSeries::new(points.iter().copied(), RGBColor(60, 170, 90).stroke_width(2)));
-        let _ = chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, RGBColor(20, 120, 50).filled())));
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
+        let _ = chart
+            .configure_mesh()
+            .x_desc("simulated hours")
+            .y_desc("step")
+            .draw();
+        let _ = chart.draw_series(LineSeries::new(
+            points.iter().copied(),
+            RGBColor(60, 170, 90).stroke_width(2),
+        ));
+        let _ = chart.draw_series(
+            points
+                .iter()
+                .map(|p| Circle::new(*p, 3, RGBColor(20, 120, 50).filled())),
+        );
         let _ = root.present();
     }
     svg_text(svg)
@@ -164,7 +207,9 @@ pub fn cost_svg(r: &Report) -> String {
             .x_label_area_size(40)
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..n as f64, 0f64..max * 1.15);
-        let Ok(mut chart) = chart else { return String::new() };
+        let Ok(mut chart) = chart else {
+            return String::new();
+        };
         let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
         let _ = chart
             .configure_mesh()
@@ -184,14 +229,28 @@ pub fn cost_svg(r: &Report) -> String {
         let sp = RGBColor(60, 170, 90);
         let _ = chart
             .draw_series(bars.iter().enumerate().map(|(i, b)| {
-                Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.48, b.1)], od.filled())
+                Rectangle::new(
+                    [(i as f64 + 0.15, 0.0), (i as f64 + 0.48, b.1)],
+                    od.filled(),
+                )
             }))
-            .map(|s| s.label("on-demand").legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], od.filled())));
+            .map(|s| {
+                s.label("on-demand").legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], od.filled())
+                })
+            });
         let _ = chart
             .draw_series(bars.iter().enumerate().map(|(i, b)| {
-                Rectangle::new([(i as f64 + 0.52, 0.0), (i as f64 + 0.85, b.2)], sp.filled())
+                Rectangle::new(
+                    [(i as f64 + 0.52, 0.0), (i as f64 + 0.85, b.2)],
+                    sp.filled(),
+                )
             }))
-            .map(|s| s.label("spot").legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], sp.filled())));
+            .map(|s| {
+                s.label("spot").legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], sp.filled())
+                })
+            });
         let _ = chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -208,13 +267,17 @@ fn svg_text(s: String) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The whole HTML page (self-contained: inline SVG, inline CSS, no scripts).
 pub fn render(r: &Report) -> String {
     let verdict = match r.weights_match {
-        Some(true) => "<p class=yes>Final weights equal the uninterrupted run: YES (bit-identical)</p>",
+        Some(true) => {
+            "<p class=yes>Final weights equal the uninterrupted run: YES (bit-identical)</p>"
+        }
         Some(false) => "<p class=no>Final weights equal the uninterrupted run: NO</p>",
         None => "<p class=no>Final weights not compared</p>",
     };

@@ -342,7 +342,12 @@ pub fn next_deadline(spec: &JobSpec, s: &JobState, now: EpochMs) -> Option<Epoch
 
 /// One transition (see the module doc). Inputs that do not apply in the current phase (a late
 /// capacity notice, a duplicate stop) change nothing.
-pub fn step(spec: &JobSpec, state: &JobState, input: Input, now: EpochMs) -> (JobState, Vec<Effect>) {
+pub fn step(
+    spec: &JobSpec,
+    state: &JobState,
+    input: Input,
+    now: EpochMs,
+) -> (JobState, Vec<Effect>) {
     let mut s = state.clone();
     let mut fx = Vec::new();
     if s.is_terminal() {
@@ -378,7 +383,12 @@ pub fn step(spec: &JobSpec, state: &JobState, input: Input, now: EpochMs) -> (Jo
             Err(e) => {
                 fx.push(Effect::Release { flush: false });
                 s.failure_reason = Some(format!("ClientError: {e}"));
-                s.end(status::FAILED, secondary::FAILED, &format!("ClientError: {e}"), now);
+                s.end(
+                    status::FAILED,
+                    secondary::FAILED,
+                    &format!("ClientError: {e}"),
+                    now,
+                );
                 fx.push(Effect::Emit);
             }
         },
@@ -499,7 +509,13 @@ fn to_waiting(s: &mut JobState, now: EpochMs, fx: &mut Vec<Effect>) {
     fx.push(Effect::Emit);
 }
 
-fn begin_stop(s: &mut JobState, cause: StopCause, spec: &JobSpec, now: EpochMs, fx: &mut Vec<Effect>) {
+fn begin_stop(
+    s: &mut JobState,
+    cause: StopCause,
+    spec: &JobSpec,
+    now: EpochMs,
+    fx: &mut Vec<Effect>,
+) {
     s.stop_cause = Some(cause);
     let message = match cause {
         StopCause::User => "Stopping the training job (StopTrainingJob)",
@@ -613,13 +629,25 @@ mod tests {
                 (110, Uploaded(Ok(()))),
             ],
         );
-        assert_eq!(seq, ["Starting", "Downloading", "Training", "Uploading", "Completed"]);
-        assert_eq!(fx, vec![
-            vec![Download, Emit],
-            vec![Launch, Emit],
-            vec![Upload, Emit],
-            vec![Release { flush: false }, Emit],
-        ]);
+        assert_eq!(
+            seq,
+            [
+                "Starting",
+                "Downloading",
+                "Training",
+                "Uploading",
+                "Completed"
+            ]
+        );
+        assert_eq!(
+            fx,
+            vec![
+                vec![Download, Emit],
+                vec![Launch, Emit],
+                vec![Upload, Emit],
+                vec![Release { flush: false }, Emit],
+            ]
+        );
         assert_eq!((s.status, s.secondary), ("Completed", "Completed"));
         assert_eq!(s.training_seconds(110_000), 100);
         assert_eq!(s.billable_seconds(&spot(), 110_000), 30);
@@ -643,10 +671,20 @@ mod tests {
                 (91, Uploaded(Ok(()))),
             ],
         );
-        assert_eq!(seq, [
-            "Starting", "Downloading", "Training", "Interrupted", "Starting", "Downloading",
-            "Training", "Uploading", "Completed"
-        ]);
+        assert_eq!(
+            seq,
+            [
+                "Starting",
+                "Downloading",
+                "Training",
+                "Interrupted",
+                "Starting",
+                "Downloading",
+                "Training",
+                "Uploading",
+                "Completed"
+            ]
+        );
         assert_eq!(fx[2], vec![Terminate, Emit]);
         assert_eq!(fx[3], vec![Release { flush: true }, Emit]);
         assert_eq!(s.interruptions, 1);
@@ -660,7 +698,12 @@ mod tests {
     fn grace_period_ends_in_sigkill_without_flush() {
         let (s, fx, _) = run(
             &spot(),
-            vec![(0, Capacity), (1, Downloaded(Ok(()))), (10, Reclaimed), (130, Tick)],
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (10, Reclaimed),
+                (130, Tick),
+            ],
         );
         assert_eq!(fx[3], vec![Kill, Release { flush: false }, Emit]);
         assert_eq!((s.phase, s.secondary), (Phase::Waiting, "Starting"));
@@ -682,13 +725,21 @@ mod tests {
                 (7200, Tick),
             ],
         );
-        assert_eq!(seq, [
-            "Starting", "Downloading", "Training", "Interrupted", "Starting", "Stopping",
-            "MaxWaitTimeExceeded"
-        ]);
+        assert_eq!(
+            seq,
+            [
+                "Starting",
+                "Downloading",
+                "Training",
+                "Interrupted",
+                "Starting",
+                "Stopping",
+                "MaxWaitTimeExceeded"
+            ]
+        );
         assert_eq!(fx[4], vec![Emit]);
         assert_eq!((s.status, s.secondary), ("Stopped", "MaxWaitTimeExceeded"));
-        assert_eq!(s.training_seconds(7200_000), 101);
+        assert_eq!(s.training_seconds(7_200_000), 101);
     }
 
     #[test]
@@ -707,7 +758,12 @@ mod tests {
         };
         let (s, fx, seq) = run(
             &spec,
-            vec![(0, Capacity), (1, Downloaded(Ok(()))), (3600, Tick), (3601, exited(143))],
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (3600, Tick),
+                (3601, exited(143)),
+            ],
         );
         assert_eq!(fx[2], vec![Terminate, Emit]);
         assert_eq!(fx[3], vec![Release { flush: true }, Emit]);
@@ -743,7 +799,12 @@ mod tests {
         // While training: SIGTERM, then Stopped/Stopped on exit.
         let (s, fx, seq) = run(
             &spot(),
-            vec![(0, Capacity), (1, Downloaded(Ok(()))), (5, StopRequested), (6, exited(143))],
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (5, StopRequested),
+                (6, exited(143)),
+            ],
         );
         assert_eq!(fx[2], vec![Terminate, Emit]);
         assert_eq!(seq[3..], ["Stopping", "Stopped"]);
@@ -778,12 +839,31 @@ mod tests {
             ],
         );
         assert_eq!((s.status, s.secondary), ("Failed", "Failed"));
-        assert_eq!(s.failure_reason.as_deref(), Some("AlgorithmError: bad hyperparameter"));
-        let (s, _, _) = run(&spot(), vec![(0, Capacity), (1, Downloaded(Err("no such bucket".into())))]);
-        assert_eq!(s.failure_reason.as_deref(), Some("ClientError: no such bucket"));
+        assert_eq!(
+            s.failure_reason.as_deref(),
+            Some("AlgorithmError: bad hyperparameter")
+        );
         let (s, _, _) = run(
             &spot(),
-            vec![(0, Capacity), (1, Downloaded(Ok(()))), (2, Exited { code: None, failure: None })],
+            vec![(0, Capacity), (1, Downloaded(Err("no such bucket".into())))],
+        );
+        assert_eq!(
+            s.failure_reason.as_deref(),
+            Some("ClientError: no such bucket")
+        );
+        let (s, _, _) = run(
+            &spot(),
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (
+                    2,
+                    Exited {
+                        code: None,
+                        failure: None,
+                    },
+                ),
+            ],
         );
         assert!(s.failure_reason.unwrap().contains("killed by a signal"));
     }
@@ -795,7 +875,10 @@ mod tests {
             max_wait_seconds: Some(10),
             ..spot()
         };
-        let (s, fx, _) = run(&spec, vec![(0, Capacity), (1, Downloaded(Ok(()))), (20, Reclaimed)]);
+        let (s, fx, _) = run(
+            &spec,
+            vec![(0, Capacity), (1, Downloaded(Ok(()))), (20, Reclaimed)],
+        );
         assert!(fx[2].is_empty());
         assert_eq!(s.phase, Phase::Training);
     }

@@ -21,9 +21,9 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod demo;
 pub mod clock;
 pub mod control;
+pub mod demo;
 pub mod events;
 pub mod html;
 mod http;

@@ -359,7 +359,10 @@ mod tests {
         assert_eq!(m.next_outage_after("ml.m5.large", 10_000), None);
         assert!(m.outage_at("ml.g5.xlarge", 89_999).is_some());
         assert!(m.outage_at("ml.g5.xlarge", 90_000).is_none());
-        assert!(Trace::from_json(br#"{"outages": [{"at_seconds": -1, "duration_seconds": 1}]}"#).is_err());
+        assert!(
+            Trace::from_json(br#"{"outages": [{"at_seconds": -1, "duration_seconds": 1}]}"#)
+                .is_err()
+        );
         assert!(Trace::from_json(br#"{"outages": [], "x": 1}"#).is_err());
     }
 

@@ -59,7 +59,7 @@ fn field_matches(options: &[Value], got: Option<&Value>) -> bool {
     };
     options.iter().any(|option| match option {
         Value::Object(op) => operator_matches(op, got, &values),
-        exact => values.iter().any(|v| *v == exact),
+        exact => values.contains(&exact),
     })
 }
 
@@ -79,8 +79,7 @@ fn operator_matches(op: &Map<String, Value>, got: Option<&Value>, values: &[&Val
             let excluded: Vec<&Value> = match arg {
                 Value::Array(a) => a.iter().collect(),
                 Value::Object(inner) => {
-                    return got.is_some()
-                        && !operator_matches(inner, got, values)
+                    return got.is_some() && !operator_matches(inner, got, values)
                 }
                 v => vec![v],
             };
@@ -89,13 +88,18 @@ fn operator_matches(op: &Map<String, Value>, got: Option<&Value>, values: &[&Val
         "numeric" => arg.as_array().is_some_and(|conds| {
             values.iter().any(|v| {
                 let Some(x) = v.as_f64() else { return false };
-                conds.chunks(2).all(|c| match (c.first().and_then(Value::as_str), c.get(1).and_then(Value::as_f64)) {
-                    (Some("="), Some(y)) => x == y,
-                    (Some("<"), Some(y)) => x < y,
-                    (Some("<="), Some(y)) => x <= y,
-                    (Some(">"), Some(y)) => x > y,
-                    (Some(">="), Some(y)) => x >= y,
-                    _ => false,
+                conds.chunks(2).all(|c| {
+                    match (
+                        c.first().and_then(Value::as_str),
+                        c.get(1).and_then(Value::as_f64),
+                    ) {
+                        (Some("="), Some(y)) => x == y,
+                        (Some("<"), Some(y)) => x < y,
+                        (Some("<="), Some(y)) => x <= y,
+                        (Some(">"), Some(y)) => x > y,
+                        (Some(">="), Some(y)) => x >= y,
+                        _ => false,
+                    }
                 })
             })
         }),
@@ -200,7 +204,11 @@ mod tests {
             ("Stopping", "Stopping", false),
         ];
         for (status, secondary, expected) in table {
-            assert_eq!(matches(&rule.pattern, &event(status, secondary)), expected, "{status}/{secondary}");
+            assert_eq!(
+                matches(&rule.pattern, &event(status, secondary)),
+                expected,
+                "{status}/{secondary}"
+            );
         }
         let mut other_account = event("Completed", "Completed");
         other_account["account"] = json!("111111111111");

@@ -60,7 +60,10 @@ pub fn parse_log(job: &str, instance: u32, text: &str) -> ProcessLog {
             Some("step") => p.last_step = p.last_step.max(step.unwrap_or(0)),
             Some("checkpoint_saved") => {
                 p.checkpoints += 1;
-                p.stall_seconds += v.get("stall_seconds").and_then(|s| s.as_f64()).unwrap_or(0.0);
+                p.stall_seconds += v
+                    .get("stall_seconds")
+                    .and_then(|s| s.as_f64())
+                    .unwrap_or(0.0);
                 p.last_step = p.last_step.max(step.unwrap_or(0));
             }
             Some("stopped") => {
@@ -68,7 +71,10 @@ pub fn parse_log(job: &str, instance: u32, text: &str) -> ProcessLog {
                 p.exact = true;
             }
             Some("completed") => {
-                p.last_step = v.get("steps").and_then(|s| s.as_u64()).unwrap_or(p.last_step);
+                p.last_step = v
+                    .get("steps")
+                    .and_then(|s| s.as_u64())
+                    .unwrap_or(p.last_step);
                 p.exact = true;
             }
             _ => {}
@@ -222,7 +228,11 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
         for n in &j.notes {
             let t = secs(n.at, origin);
             match &n.note {
-                Note::Status { status, secondary, message } => timeline.push(TimelineEntry {
+                Note::Status {
+                    status,
+                    secondary,
+                    message,
+                } => timeline.push(TimelineEntry {
                     t,
                     job: j.name.clone(),
                     what: format!("{status}/{secondary}: {message}"),
@@ -338,7 +348,10 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
     let last = jobs.last();
     let outcome = match last {
         Some(j) if j.state.status == "Completed" => format!("completed by {}", j.name),
-        Some(j) => format!("ended with {} {}/{}", j.name, j.state.status, j.state.secondary),
+        Some(j) => format!(
+            "ended with {} {}/{}",
+            j.name, j.state.status, j.state.secondary
+        ),
         None => "no job ran".into(),
     };
     let weights_match = if inputs.weights.is_empty() {
@@ -361,7 +374,13 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             .outages
             .iter()
             .filter(|(_, o)| o.start < end)
-            .map(|(t, o)| (t.clone(), secs(o.start.max(origin), origin), secs(o.end.min(end), origin)))
+            .map(|(t, o)| {
+                (
+                    t.clone(),
+                    secs(o.start.max(origin), origin),
+                    secs(o.end.min(end), origin),
+                )
+            })
             .filter(|(_, s, e)| e > s)
             .collect(),
         weights_match,
@@ -388,7 +407,10 @@ pub fn render_text(r: &Report) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let _ = writeln!(o, "\n=== spotcheck demo report ===\n");
-    let _ = writeln!(o, "Timeline (simulated h:mm:ss since the first job was created):");
+    let _ = writeln!(
+        o,
+        "Timeline (simulated h:mm:ss since the first job was created):"
+    );
     for e in &r.timeline {
         let _ = writeln!(o, "  {:>9}  {:<36} {}", hms(e.t), e.job, e.what);
     }
@@ -429,8 +451,16 @@ pub fn render_text(r: &Report) -> String {
     for (job, n, exact) in &r.lost_steps {
         let _ = writeln!(o, "  before {job}: {}{n}", if *exact { "" } else { "≥" });
     }
-    let _ = writeln!(o, "\nSavings (spot vs on-demand, prices as of {}):", r.prices_as_of.as_deref().unwrap_or("?"));
-    let _ = writeln!(o, "  {:<36} {:>9} {:>9} {:>8} {:>11} {:>11} {:>11}", "job", "train s", "bill s", "saved %", "on-demand", "spot", "saved");
+    let _ = writeln!(
+        o,
+        "\nSavings (spot vs on-demand, prices as of {}):",
+        r.prices_as_of.as_deref().unwrap_or("?")
+    );
+    let _ = writeln!(
+        o,
+        "  {:<36} {:>9} {:>9} {:>8} {:>11} {:>11} {:>11}",
+        "job", "train s", "bill s", "saved %", "on-demand", "spot", "saved"
+    );
     for j in &r.jobs {
         if let Some(s) = &j.savings {
             let _ = writeln!(
@@ -479,9 +509,16 @@ pub fn render_text(r: &Report) -> String {
         Some(false) => "NO — the final model differs from the uninterrupted run",
         None => "not compared (no final model)",
     };
-    let _ = writeln!(o, "Final weights equal the uninterrupted run with the same seed: {verdict}");
+    let _ = writeln!(
+        o,
+        "Final weights equal the uninterrupted run with the same seed: {verdict}"
+    );
     for (f, same) in &r.weights_detail {
-        let _ = writeln!(o, "  {f}: {}", if *same { "identical" } else { "DIFFERENT" });
+        let _ = writeln!(
+            o,
+            "  {f}: {}",
+            if *same { "identical" } else { "DIFFERENT" }
+        );
     }
     o
 }
@@ -498,7 +535,10 @@ mod tests {
 not json
 {"event":"step","step":70}"#;
         let p = parse_log("j", 2, text);
-        assert_eq!((p.resumed_from, p.last_step, p.exact, p.checkpoints), (Some(40), 70, false, 1));
+        assert_eq!(
+            (p.resumed_from, p.last_step, p.exact, p.checkpoints),
+            (Some(40), 70, false, 1)
+        );
         let p = parse_log("j", 1, r#"{"event":"stopped","step":65}"#);
         assert_eq!((p.last_step, p.exact), (65, true));
         let p = parse_log("j", 1, r#"{"event":"completed","steps":300}"#);

@@ -140,7 +140,10 @@ pub async fn prepare(
             if !src.exists() {
                 return Err(SyncError::Io {
                     path: src.to_owned(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("channel {}: no such directory", c.name)),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("channel {}: no such directory", c.name),
+                    ),
                 });
             }
             std::os::unix::fs::symlink(src, &dest).map_err(io(&dest))?;
@@ -178,7 +181,10 @@ pub fn spawn(
     if let Some(parent) = log.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.current_dir(&layout.instance)
@@ -196,7 +202,10 @@ pub fn spawn(
         .kill_on_drop(true);
     for c in &req.channels {
         cmd.env(
-            format!("SM_CHANNEL_{}", c.name.to_ascii_uppercase().replace('-', "_")),
+            format!(
+                "SM_CHANNEL_{}",
+                c.name.to_ascii_uppercase().replace('-', "_")
+            ),
             layout.opt_ml.join("input/data").join(&c.name),
         );
     }
@@ -234,11 +243,19 @@ mod tests {
     fn container_paths_stay_inside() {
         let l = Layout::new(Path::new("/w"), "j", 2);
         assert_eq!(l.opt_ml, PathBuf::from("/w/jobs/j/instance-2/opt/ml"));
-        assert_eq!(l.container_path("/opt/ml/checkpoints"), PathBuf::from("/w/jobs/j/instance-2/opt/ml/checkpoints"));
-        assert_eq!(l.container_path("/ckpt"), PathBuf::from("/w/jobs/j/instance-2/ckpt"));
+        assert_eq!(
+            l.container_path("/opt/ml/checkpoints"),
+            PathBuf::from("/w/jobs/j/instance-2/opt/ml/checkpoints")
+        );
+        assert_eq!(
+            l.container_path("/ckpt"),
+            PathBuf::from("/w/jobs/j/instance-2/ckpt")
+        );
         let images = Images {
             default: "/bin/train".into(),
-            mapped: [("other".to_string(), PathBuf::from("/bin/other"))].into_iter().collect(),
+            mapped: [("other".to_string(), PathBuf::from("/bin/other"))]
+                .into_iter()
+                .collect(),
         };
         assert_eq!(images.resolve("x:latest"), PathBuf::from("/bin/train"));
         assert_eq!(images.resolve("other"), PathBuf::from("/bin/other"));

@@ -29,7 +29,10 @@ pub struct SageMakerServer {
 
 impl SageMakerServer {
     /// Serves `service` on `addr` (port 0: any free port).
-    pub async fn start(service: TrainingService, addr: SocketAddr) -> std::io::Result<SageMakerServer> {
+    pub async fn start(
+        service: TrainingService,
+        addr: SocketAddr,
+    ) -> std::io::Result<SageMakerServer> {
         let listener = TcpListener::bind(addr).await?;
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let service = service.clone();
@@ -67,7 +70,10 @@ fn respond(status: u16, body: &serde_json::Value, error: Option<&str>) -> Respon
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(1);
-    format!("00000000-0000-4000-8000-{:012x}", N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "00000000-0000-4000-8000-{:012x}",
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn error(e: &ApiError) -> Response<Full<Bytes>> {
@@ -77,7 +83,9 @@ fn error(e: &ApiError) -> Response<Full<Bytes>> {
 /// One request → one response (never an HTTP-level failure).
 pub async fn handle(service: &TrainingService, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != hyper::Method::POST {
-        return error(&ApiError::serialization("only POST / is supported (SageMaker JSON 1.1)"));
+        return error(&ApiError::serialization(
+            "only POST / is supported (SageMaker JSON 1.1)",
+        ));
     }
     let target = req
         .headers()
@@ -85,19 +93,32 @@ pub async fn handle(service: &TrainingService, req: Request<Incoming>) -> Respon
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let Some(operation) = target.as_deref().and_then(|t| t.strip_prefix("SageMaker.")) else {
-        return error(&ApiError::unknown_operation(target.as_deref().unwrap_or("(no X-Amz-Target)")));
+        return error(&ApiError::unknown_operation(
+            target.as_deref().unwrap_or("(no X-Amz-Target)"),
+        ));
     };
     let operation = operation.to_owned();
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(&ApiError::serialization(format!("cannot read the request body: {e}"))),
+        Err(e) => {
+            return error(&ApiError::serialization(format!(
+                "cannot read the request body: {e}"
+            )))
+        }
     };
     let value = if body.is_empty() {
         serde_json::json!({})
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(e) => return error(&ApiError::serialization(format!("the request body is not JSON: {e}"))),
+            Err(e) => {
+                return error(&ApiError::serialization(format!(
+                    "the request body is not JSON: {e}"
+                )))
+            }
         }
     };
     match service.call(&operation, &value) {

@@ -156,7 +156,7 @@ pub struct JobView {
 
 enum Msg {
     Input(u32, Input),
-    Ready(u32, Result<Option<CheckpointSync>, String>),
+    Ready(u32, Result<Option<Box<CheckpointSync>>, String>),
 }
 
 struct JobEntry {
@@ -244,7 +244,10 @@ impl TrainingService {
     /// Spot and on-demand USD/hour of an instance type, from the market.
     pub fn prices(&self, instance_type: &str) -> (Option<f64>, Option<f64>) {
         let m = lock(&self.inner.market);
-        (m.spot_usd_per_hour(instance_type), m.on_demand_usd_per_hour(instance_type))
+        (
+            m.spot_usd_per_hour(instance_type),
+            m.on_demand_usd_per_hour(instance_type),
+        )
     }
 
     /// Every outage of a type up to `until` (for reports).
@@ -425,26 +428,41 @@ impl TrainingService {
         };
         let start = match body.get("NextToken").and_then(Value::as_str) {
             None => 0,
-            Some(t) => t.parse::<usize>().map_err(|_| ApiError::validation("invalid NextToken"))?,
+            Some(t) => t
+                .parse::<usize>()
+                .map_err(|_| ApiError::validation("invalid NextToken"))?,
         };
-        let contains = body.get("NameContains").and_then(Value::as_str).unwrap_or("");
+        let contains = body
+            .get("NameContains")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let status = body.get("StatusEquals").and_then(Value::as_str);
         let after = body.get("CreationTimeAfter").and_then(Value::as_f64);
         let before = body.get("CreationTimeBefore").and_then(Value::as_f64);
-        let sort_by = body.get("SortBy").and_then(Value::as_str).unwrap_or("CreationTime");
+        let sort_by = body
+            .get("SortBy")
+            .and_then(Value::as_str)
+            .unwrap_or("CreationTime");
         if !matches!(sort_by, "Name" | "CreationTime" | "Status") {
-            return Err(ApiError::validation(format!("SortBy {sort_by:?} must be Name, CreationTime or Status")));
+            return Err(ApiError::validation(format!(
+                "SortBy {sort_by:?} must be Name, CreationTime or Status"
+            )));
         }
         let descending = match body.get("SortOrder").and_then(Value::as_str) {
             None | Some("Ascending") => false,
             Some("Descending") => true,
-            Some(o) => return Err(ApiError::validation(format!("SortOrder {o:?} must be Ascending or Descending"))),
+            Some(o) => {
+                return Err(ApiError::validation(format!(
+                    "SortOrder {o:?} must be Ascending or Descending"
+                )))
+            }
         };
         let jobs = lock(&self.inner.jobs);
         let mut rows: Vec<(&String, &JobEntry)> = jobs
             .iter()
             .filter(|(n, e)| {
-                n.to_ascii_lowercase().contains(&contains.to_ascii_lowercase())
+                n.to_ascii_lowercase()
+                    .contains(&contains.to_ascii_lowercase())
                     && status.is_none_or(|s| s == e.state.status)
                     && after.is_none_or(|a| e.state.created as f64 / 1000.0 > a)
                     && before.is_none_or(|b| (e.state.created as f64 / 1000.0) < b)
@@ -488,10 +506,16 @@ impl TrainingService {
     pub fn list_tags(&self, body: &Value) -> Result<Value, ApiError> {
         let mut jobs = lock(&self.inner.jobs);
         let e = Self::by_arn(&mut jobs, body)?;
-        let max = body.get("MaxResults").and_then(Value::as_u64).unwrap_or(50).clamp(1, 100) as usize;
+        let max = body
+            .get("MaxResults")
+            .and_then(Value::as_u64)
+            .unwrap_or(50)
+            .clamp(1, 100) as usize;
         let start = match body.get("NextToken").and_then(Value::as_str) {
             None => 0,
-            Some(t) => t.parse::<usize>().map_err(|_| ApiError::validation("invalid NextToken"))?,
+            Some(t) => t
+                .parse::<usize>()
+                .map_err(|_| ApiError::validation("invalid NextToken"))?,
         };
         let tags: Vec<Value> = e
             .tags
@@ -518,7 +542,10 @@ impl TrainingService {
                 None => e.tags.push((k.clone(), v.clone())),
             }
         }
-        let tags: Vec<Value> = new.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect();
+        let tags: Vec<Value> = new
+            .iter()
+            .map(|(k, v)| json!({"Key": k, "Value": v}))
+            .collect();
         Ok(json!({"Tags": tags}))
     }
 
@@ -529,7 +556,14 @@ impl TrainingService {
 }
 
 fn describe_entry(e: &JobEntry, now: EpochMs) -> Value {
-    api::describe(&e.req, &e.spec, &e.state, &e.arn, e.model_artifacts.as_deref(), now)
+    api::describe(
+        &e.req,
+        &e.spec,
+        &e.state,
+        &e.arn,
+        e.model_artifacts.as_deref(),
+        now,
+    )
 }
 
 fn emit(inner: &Inner, name: &str) {
@@ -569,7 +603,14 @@ fn event_id(seed: u64, name: &str, seq: u64) -> String {
         .chain_update(seq.to_le_bytes())
         .finalize();
     let h = hex::encode(&d[..16]);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn fast_forward_once(inner: &Inner) {
@@ -699,7 +740,7 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                         }
                         match result {
                             Ok(sync) => {
-                                ready_sync = sync;
+                                ready_sync = sync.map(|s| *s);
                                 Input::Downloaded(Ok(()))
                             }
                             Err(e) => Input::Downloaded(Err(e)),
@@ -711,7 +752,8 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
         let now = inner.clock.now_ms();
         let (next, effects) = job::step(&spec, &state, input, now);
         let instance = next.instances;
-        let status_changed = next.transitions.len() != state.transitions.len() || next.status != state.status;
+        let status_changed =
+            next.transitions.len() != state.transitions.len() || next.status != state.status;
         {
             let mut jobs = lock(&inner.jobs);
             let Some(e) = jobs.get_mut(&name) else { return };
@@ -744,7 +786,7 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                     tokio::spawn(async move {
                         let result = download(&inner2, &req2, instance).await;
                         if let Some(tx) = tx {
-                            let _ = tx.send(Msg::Ready(instance, result));
+                            let _ = tx.send(Msg::Ready(instance, result.map(|s| s.map(Box::new))));
                         }
                     });
                 }
@@ -760,7 +802,9 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                     if let Some(r) = &mut running {
                         runner::signal(r.pid, libc::SIGKILL);
                         let mut exited = r.exited.clone();
-                        let _ = tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e)).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e))
+                                .await;
                     }
                 }
                 Effect::Release { flush } => {
@@ -793,7 +837,11 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
 }
 
 /// Lays out the instance and copies inputs and checkpoints in.
-async fn download(inner: &Inner, req: &TrainingJobRequest, instance: u32) -> Result<Option<CheckpointSync>, String> {
+async fn download(
+    inner: &Inner,
+    req: &TrainingJobRequest,
+    instance: u32,
+) -> Result<Option<CheckpointSync>, String> {
     let layout = Layout::new(&inner.config.workdir, &req.name, instance);
     runner::prepare(&layout, req, &req.instance_type, &inner.s3)
         .await
@@ -815,7 +863,9 @@ async fn download(inner: &Inner, req: &TrainingJobRequest, instance: u32) -> Res
         ChaCha8Rng::from_seed(seed32),
     )
     .map_err(|e| e.to_string())?;
-    sync.download().await.map_err(|e| format!("checkpoint download: {e}"))?;
+    sync.download()
+        .await
+        .map_err(|e| format!("checkpoint download: {e}"))?;
     Ok(Some(sync))
 }
 
@@ -852,7 +902,11 @@ async fn launch(
                 instance,
                 Input::Exited {
                     code: Some(127),
-                    failure: Some(format!("cannot start training image {} ({}): {e}", req.image, program.display())),
+                    failure: Some(format!(
+                        "cannot start training image {} ({}): {e}",
+                        req.image,
+                        program.display()
+                    )),
                 },
             ));
             return None;
@@ -902,7 +956,13 @@ async fn launch(
                 if flush {
                     match sync.pass().await {
                         Ok(records) => record(records),
-                        Err(e) => note(&inner3, &name3, Note::SyncFailed { error: e.to_string() }),
+                        Err(e) => note(
+                            &inner3,
+                            &name3,
+                            Note::SyncFailed {
+                                error: e.to_string(),
+                            },
+                        ),
                     }
                 }
             });
@@ -919,9 +979,15 @@ async fn launch(
 }
 
 /// Packs `/opt/ml/model` as `<S3OutputPath>/<job>/output/model.tar.gz`.
-async fn upload_model(inner: &Inner, name: &str, req: &TrainingJobRequest, instance: u32) -> Result<(), String> {
+async fn upload_model(
+    inner: &Inner,
+    name: &str,
+    req: &TrainingJobRequest,
+    instance: u32,
+) -> Result<(), String> {
     let layout = Layout::new(&inner.config.workdir, name, instance);
-    let bytes = runner::tar_gz(&layout.model_dir()).map_err(|e| format!("packing the model: {e}"))?;
+    let bytes =
+        runner::tar_gz(&layout.model_dir()).map_err(|e| format!("packing the model: {e}"))?;
     let (bucket, prefix) = split_s3_uri(&req.output_path).map_err(|e| e.to_string())?;
     let key = format!("{prefix}{name}/output/model.tar.gz");
     inner
@@ -933,7 +999,12 @@ async fn upload_model(inner: &Inner, name: &str, req: &TrainingJobRequest, insta
         .body(aws_sdk_s3::primitives::ByteStream::from(bytes))
         .send()
         .await
-        .map_err(|e| format!("PutObject s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))?;
+        .map_err(|e| {
+            format!(
+                "PutObject s3://{bucket}/{key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )
+        })?;
     if let Some(e) = lock(&inner.jobs).get_mut(name) {
         e.model_artifacts = Some(format!("s3://{bucket}/{key}"));
     }
@@ -956,9 +1027,15 @@ mod tests {
 
     #[test]
     fn manifests_name_their_step() {
-        assert_eq!(manifest_step("algo-1/step-000000000120/manifest.json"), Some(120));
+        assert_eq!(
+            manifest_step("algo-1/step-000000000120/manifest.json"),
+            Some(120)
+        );
         assert_eq!(manifest_step("step-000000000120/manifest.json"), Some(120));
-        assert_eq!(manifest_step("algo-1/step-000000000120/model.safetensors"), None);
+        assert_eq!(
+            manifest_step("algo-1/step-000000000120/model.safetensors"),
+            None
+        );
         assert_eq!(manifest_step("manifest.json"), None);
     }
 

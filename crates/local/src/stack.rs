@@ -143,7 +143,9 @@ impl Stack {
             buckets.push(LEDGER_BUCKET.into());
         }
         for b in &buckets {
-            ensure_bucket(&s3_sdk, b).await.map_err(StackError::Bucket)?;
+            ensure_bucket(&s3_sdk, b)
+                .await
+                .map_err(StackError::Bucket)?;
         }
         let clock = Arc::new(SimClock::starting_now(config.service.time_scale));
         let service = TrainingService::new(config.service.clone(), clock, s3_sdk);
@@ -168,7 +170,9 @@ impl Stack {
             let conf = aws_config::SdkConfig::builder()
                 .behavior_version(aws_config::BehaviorVersion::latest())
                 .region(Region::new(region.clone()))
-                .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(local_credentials()))
+                .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                    local_credentials(),
+                ))
                 .endpoint_url(e)
                 .build();
             spotcheck_aws::EventBridgeSink::new(&conf)

@@ -186,7 +186,9 @@ pub async fn get_to_file(
         message: e.to_string(),
     })?;
     if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(io(parent))?;
     }
     tokio::fs::write(dest, bytes.into_bytes())
         .await
@@ -299,7 +301,11 @@ impl CheckpointSync {
         for (key, _) in keys {
             let rel = key[self.prefix.len()..].to_owned();
             let name = rel.rsplit('/').next().unwrap_or(&rel);
-            if rel.is_empty() || rel.ends_with('/') || is_transport_name(name) || rel.split('/').any(|c| c == "..") {
+            if rel.is_empty()
+                || rel.ends_with('/')
+                || is_transport_name(name)
+                || rel.split('/').any(|c| c == "..")
+            {
                 continue;
             }
             let dest = self.local.join(&rel);
@@ -399,7 +405,10 @@ mod tests {
     #[test]
     fn plan_table() {
         let synced: BTreeMap<String, (u64, i128)> = [
-            ("algo-1/step-000000000010/model.safetensors".to_string(), (5, 1)),
+            (
+                "algo-1/step-000000000010/model.safetensors".to_string(),
+                (5, 1),
+            ),
             ("algo-1/step-000000000010/manifest.json".to_string(), (2, 1)),
             ("algo-1/old".to_string(), (1, 1)),
         ]
@@ -410,20 +419,32 @@ mod tests {
             f("algo-1/step-000000000010/manifest.json", 3),
             f("algo-1/step-000000000020/model.safetensors", 9),
             f("algo-1/step-000000000020/x.sagemaker-ignore", 9),
-            f("algo-1/step-000000000020/model.safetensors.sagemaker-uploading", 0),
-            f("algo-1/step-000000000010/model.safetensors.sagemaker-uploaded", 0),
+            f(
+                "algo-1/step-000000000020/model.safetensors.sagemaker-uploading",
+                0,
+            ),
+            f(
+                "algo-1/step-000000000010/model.safetensors.sagemaker-uploaded",
+                0,
+            ),
         ];
-        assert_eq!(plan(&local, &synced), vec![
-            SyncAction::Upload("algo-1/step-000000000010/manifest.json".into()),
-            SyncAction::Upload("algo-1/step-000000000020/model.safetensors".into()),
-            SyncAction::Delete("algo-1/old".into()),
-        ]);
+        assert_eq!(
+            plan(&local, &synced),
+            vec![
+                SyncAction::Upload("algo-1/step-000000000010/manifest.json".into()),
+                SyncAction::Upload("algo-1/step-000000000020/model.safetensors".into()),
+                SyncAction::Delete("algo-1/old".into()),
+            ]
+        );
         assert!(plan(&[], &BTreeMap::new()).is_empty());
     }
 
     #[test]
     fn uris() {
-        assert_eq!(split_s3_uri("s3://b/p/q/").unwrap(), ("b".into(), "p/q/".into()));
+        assert_eq!(
+            split_s3_uri("s3://b/p/q/").unwrap(),
+            ("b".into(), "p/q/".into())
+        );
         assert_eq!(split_s3_uri("s3://b").unwrap(), ("b".into(), "".into()));
         assert!(split_s3_uri("s3:///x").is_err());
         assert!(split_s3_uri("/tmp").is_err());

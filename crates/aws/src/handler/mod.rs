@@ -1,0 +1,321 @@
+//! The handler orchestration shared by both Lambdas, the tests and any future local service.
+//!
+//! Owns the flow "parse → gather inputs → [`decide`](spotcheck_control::decide) → act → log one
+//! line", generic over the adapter traits so that fakes and SDK implementations run the same
+//! code: [`SageMakerHandler`] for "SageMaker Training Job State Change" and [`Ec2Handler`] for the
+//! EC2 spot signals. It decides nothing itself (the control crate does) and makes no AWS call
+//! except through the traits.
+//!
+//! # Outcomes and retries
+//!
+//! | situation | result | Lambda |
+//! |---|---|---|
+//! | malformed event, irrelevant event, not opted in (tags, or AccessDenied from Describe), job gone, invalid lineage tag | `Ok`, logged | acknowledged, never retried |
+//! | decision carried out (or already carried out by an earlier delivery) | `Ok` | done |
+//! | an AWS call still failing after the SDK's retries with a transient kind (throttling, 5xx, timeout) | [`HandlerError::Transient`] | `Err`: Lambda retries (twice), then the DLQ |
+//! | AWS refused an action for a reason retrying cannot fix (IAM, validation, quota) | [`HandlerError::Refused`] | `Err`: it lands in the DLQ with its alarm; fix, then redrive |
+//!
+//! Refusals are errors, not acknowledgements, because each one is an opted-in job left
+//! unrecovered or a record lost: the DLQ and the `Errors` alarm make it visible, and a redrive
+//! after the fix completes the work. Lambda's two automatic retries of a refusal are wasted but
+//! harmless, because every action is idempotent:
+//!
+//! - a relaunch asks for the deterministic name of the plan; `ResourceInUse` means done;
+//! - ledger records are written once at deterministic keys (`If-None-Match: *`);
+//! - events are published after the action and the record succeeded, on every delivery that
+//!   gets that far: **at least once**, so subscribers must tolerate duplicates;
+//! - EMF metric lines are printed only when the ledger record was new, so a retried or
+//!   duplicated event does not count the same savings twice.
+//!
+//! Every invocation prints exactly one decision line (JSON, `"spotcheck": "decision"`) through a
+//! [`LogSink`], errors included.
+
+mod ec2;
+mod sagemaker;
+
+pub use ec2::Ec2Handler;
+pub use sagemaker::SageMakerHandler;
+
+use serde::Serialize;
+use spotcheck_control::outputs::{EventEntry, OutputEvent};
+use spotcheck_control::{Decision, Policy, PriceTable, Timestamp};
+
+use crate::checkpoints::{CheckpointValidation, ValidationOptions};
+use crate::error::AwsError;
+use crate::events::EventSink;
+use crate::ledger::{keys, Ledger, Written};
+
+/// What the handlers need besides their adapters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandlerConfig {
+    /// The base policy (from the environment).
+    pub policy: Policy,
+    /// On-demand prices for the savings records.
+    pub prices: PriceTable,
+    /// Checkpoint validation knobs.
+    pub validation: ValidationOptions,
+}
+
+impl HandlerConfig {
+    /// A configuration with the built-in prices and default validation options.
+    pub fn new(policy: Policy) -> Self {
+        HandlerConfig {
+            policy,
+            prices: PriceTable::builtin(),
+            validation: ValidationOptions::default(),
+        }
+    }
+}
+
+/// Where decision lines and EMF metric lines go (stdout in the Lambdas).
+pub trait LogSink {
+    /// Writes one line.
+    fn line(&self, line: &str);
+}
+
+/// [`LogSink`] on the process's standard output, where Lambda picks up logs and EMF metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdoutLog;
+
+impl LogSink for StdoutLog {
+    fn line(&self, line: &str) {
+        use std::io::Write;
+        // Standard output is the log: if it fails there is nowhere left to report it.
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+}
+
+/// A failure the Lambda reports as an error (see the module doc for which is which).
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Still failing after the SDK's retries, for a reason that may pass: retry the event.
+    #[error("transient AWS failure; the event will be retried: {0}")]
+    Transient(AwsError),
+    /// AWS refused for a reason retrying cannot fix: fix it, then redrive from the DLQ.
+    #[error("AWS refused; fix the cause, then redrive the event from the DLQ: {0}")]
+    Refused(AwsError),
+    /// A record or event could not be serialised (a bug, not an AWS failure).
+    #[error("cannot serialise a record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl HandlerError {
+    /// Whether Lambda's automatic retries may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HandlerError::Transient(_))
+    }
+}
+
+impl From<AwsError> for HandlerError {
+    fn from(err: AwsError) -> Self {
+        if err.is_transient() {
+            HandlerError::Transient(err)
+        } else {
+            HandlerError::Refused(err)
+        }
+    }
+}
+
+/// How an invocation ended, as logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The event is not valid JSON of an EventBridge shape; acknowledged.
+    Malformed,
+    /// Another kind of event, or one for the other function; acknowledged.
+    Irrelevant,
+    /// The decision was to do nothing.
+    Ignored,
+    /// DescribeTrainingJob was denied: IAM says the job is not opted in; acknowledged.
+    NotOptedIn,
+    /// The job no longer exists; acknowledged.
+    JobNotFound,
+    /// A `spotcheck:*` lineage tag is invalid; acknowledged.
+    InvalidInput,
+    /// A relaunch was created.
+    Relaunched,
+    /// The relaunch already existed (an earlier delivery created it).
+    AlreadyRelaunched,
+    /// The decision's record was written (or already present).
+    Recorded,
+    /// A savings record was due but the job lacks the data for one (logged why).
+    NothingRecorded,
+    /// Recovery gave up; recorded and announced.
+    GaveUp,
+    /// An AWS call failed (see `error` in the line).
+    Failed,
+}
+
+/// What an invocation did, for callers and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Handled {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The engine's decision, when one was made.
+    pub decision: Option<Decision>,
+    /// The checkpoint validation, when one ran.
+    pub checkpoints: Option<CheckpointValidation>,
+    /// Side effects, in order (`created …`, `ledger … new`, `published …`).
+    pub effects: Vec<String>,
+}
+
+/// The one structured line of an invocation, built up as it goes.
+#[derive(Debug, Serialize)]
+struct Journal {
+    spotcheck: &'static str,
+    function: &'static str,
+    event_key: Option<String>,
+    subject: Option<String>,
+    outcome: Option<Outcome>,
+    action: Option<&'static str>,
+    reason: Option<String>,
+    decision: Option<Decision>,
+    checkpoints: Option<CheckpointValidation>,
+    checkpoint_error: Option<String>,
+    effects: Vec<String>,
+    error: Option<String>,
+    retryable: Option<bool>,
+}
+
+impl Journal {
+    fn new(function: &'static str) -> Self {
+        Journal {
+            spotcheck: "decision",
+            function,
+            event_key: None,
+            subject: None,
+            outcome: None,
+            action: None,
+            reason: None,
+            decision: None,
+            checkpoints: None,
+            checkpoint_error: None,
+            effects: Vec::new(),
+            error: None,
+            retryable: None,
+        }
+    }
+
+    fn decided(&mut self, decision: &Decision) {
+        self.action = Some(decision.action_name());
+        self.reason = Some(decision.reason.clone());
+        self.decision = Some(decision.clone());
+    }
+
+    fn effect(&mut self, effect: String) {
+        self.effects.push(effect);
+    }
+
+    /// Emits the line and turns the run's result into the handler's.
+    fn finish(
+        mut self,
+        result: Result<Outcome, HandlerError>,
+        log: &impl LogSink,
+    ) -> Result<Handled, HandlerError> {
+        match &result {
+            Ok(outcome) => self.outcome = Some(*outcome),
+            Err(e) => {
+                self.outcome = Some(Outcome::Failed);
+                self.error = Some(e.to_string());
+                self.retryable = Some(e.is_transient());
+            }
+        }
+        let line = serde_json::to_string(&self).unwrap_or_else(|e| {
+            format!(r#"{{"spotcheck":"decision","error":"cannot serialise the line: {e}"}}"#)
+        });
+        log.line(&line);
+        result.map(|outcome| Handled {
+            outcome,
+            decision: self.decision,
+            checkpoints: self.checkpoints,
+            effects: self.effects,
+        })
+    }
+}
+
+/// A ledger record: what happened, when it was recorded, and the fact itself.
+#[derive(Serialize)]
+struct LedgerEntry<'a, T: Serialize> {
+    kind: &'static str,
+    recorded_at: String,
+    event_key: Option<&'a str>,
+    reason: &'a str,
+    #[serde(flatten)]
+    record: T,
+}
+
+impl<'a, T: Serialize> LedgerEntry<'a, T> {
+    fn new(kind: &'static str, now: Timestamp, journal: &'a Journal, record: T) -> Self {
+        LedgerEntry {
+            kind,
+            recorded_at: now.to_rfc3339(),
+            event_key: journal.event_key.as_deref(),
+            reason: journal.reason.as_deref().unwrap_or(""),
+            record,
+        }
+    }
+}
+
+/// Writes a record once and notes the effect; returns whether it was new.
+async fn write_record<L: Ledger>(
+    ledger: &L,
+    journal: &mut Journal,
+    key: &str,
+    body: Vec<u8>,
+) -> Result<Written, HandlerError> {
+    let written = ledger.write_once(key, body).await?;
+    let how = match written {
+        Written::New => "new",
+        Written::AlreadyPresent => "already present",
+    };
+    journal.effect(format!("ledger {key}: {how}"));
+    Ok(written)
+}
+
+/// Records a validation that found corrupt checkpoints (ledger + "Checkpoint Validation
+/// Failed"); the entry is appended to `events` for publishing after the action.
+async fn record_corrupt<L: Ledger>(
+    ledger: &L,
+    journal: &mut Journal,
+    name: &str,
+    now: Timestamp,
+    events: &mut Vec<EventEntry>,
+) -> Result<(), HandlerError> {
+    let Some(validation) = journal.checkpoints.clone() else {
+        return Ok(());
+    };
+    let Some(event) =
+        OutputEvent::checkpoint_validation_failed(name, Some(&validation.uri), &validation.summary)
+    else {
+        return Ok(());
+    };
+    let Some(event_key) = journal.event_key.as_deref() else {
+        return Ok(());
+    };
+    let key = keys::checkpoint_validation(name, event_key);
+    let body = serde_json::to_vec(&LedgerEntry::new(
+        "checkpoint_validation_failed",
+        now,
+        journal,
+        &validation,
+    ))?;
+    write_record(ledger, journal, &key, body).await?;
+    events.push(event.entry()?);
+    Ok(())
+}
+
+/// Publishes the entries (if any) and notes each.
+async fn publish<E: EventSink>(
+    sink: &E,
+    journal: &mut Journal,
+    entries: Vec<EventEntry>,
+) -> Result<(), HandlerError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    sink.publish(&entries).await?;
+    for entry in entries {
+        journal.effect(format!("published {}", entry.detail_type));
+    }
+    Ok(())
+}

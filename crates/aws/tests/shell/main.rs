@@ -1,0 +1,8 @@
+//! One integration-test binary for the shell: in-memory fakes of the adapter traits
+//! ([`fakes`]), real-shaped fixtures, and the handler, relaunch and validation tests.
+
+mod checkpoints;
+mod ec2;
+mod fakes;
+mod relaunch;
+mod sagemaker;
