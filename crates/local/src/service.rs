@@ -754,9 +754,21 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
         let instance = next.instances;
         let status_changed =
             next.transitions.len() != state.transitions.len() || next.status != state.status;
+        // Observers must never see the new state with its event not yet in flight (a terminal
+        // job and an idle bus would read as "the lineage has ended" before the control plane
+        // saw the event): hold one in-flight slot from the state change until it is emitted.
+        let emits = effects.contains(&Effect::Emit);
+        if emits {
+            inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        }
         {
             let mut jobs = lock(&inner.jobs);
-            let Some(e) = jobs.get_mut(&name) else { return };
+            let Some(e) = jobs.get_mut(&name) else {
+                if emits {
+                    inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                return;
+            };
             for t in &next.transitions[state.transitions.len().min(next.transitions.len())..] {
                 e.notes.push(Noted {
                     at: t.start,
@@ -832,6 +844,10 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                 }
                 Effect::Emit => emit(&inner, &name),
             }
+        }
+        if emits {
+            inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+            inner.changes.send_modify(|n| *n += 1);
         }
     }
 }
