@@ -126,7 +126,8 @@ pub enum Outcome {
     Irrelevant,
     /// The decision was to do nothing.
     Ignored,
-    /// DescribeTrainingJob was denied: IAM says the job is not opted in; acknowledged.
+    /// The job is not opted in: no `spotcheck:enabled=true` tag, or DescribeTrainingJob was
+    /// denied (IAM's grant is conditioned on that tag); acknowledged.
     NotOptedIn,
     /// The job no longer exists; acknowledged.
     JobNotFound,

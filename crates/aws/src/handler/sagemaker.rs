@@ -5,8 +5,8 @@
 //!
 //! 1. Parse. Malformed or irrelevant → acknowledged.
 //! 2. ListTags of the job (the event's `Tags` may be partial, and a relaunch copies them all).
-//!    Not tagged `spotcheck:enabled=true` → the engine ignores it; DescribeTrainingJob is not
-//!    even called (IAM would deny it).
+//!    Not tagged `spotcheck:enabled=true` → the engine ignores it (outcome `not_opted_in`);
+//!    DescribeTrainingJob is not even called (IAM would deny it).
 //! 3. DescribeTrainingJob: the authoritative state (events are duplicated, late, out of order).
 //!    AccessDenied → not opted in as far as IAM is concerned: acknowledged.
 //! 4. For a Stopped or Failed job with a `CheckpointConfig`: validate its checkpoint prefix.
@@ -143,8 +143,9 @@ where
                     return Ok(Outcome::InvalidInput);
                 }
             };
+            // The engine's decision (ignore) is logged; the outcome says why.
             j.decided(&decide(&input));
-            return Ok(Outcome::Ignored);
+            return Ok(Outcome::NotOptedIn);
         }
 
         // 3. The authoritative state.

@@ -11,6 +11,33 @@ pub const URI: &str = "s3://ckpt-bucket/runs/train";
 /// Writes a checkpoint into the fake store as SageMaker's uploader would leave it, manifest
 /// included; returns the manifest key.
 pub fn put_checkpoint(store: &FakeStore, ns: &str, step: u64, finished: bool) -> String {
+    put_checkpoint_at(store, URI, ns, step, finished)
+}
+
+/// `s3://bucket/prefix` → (bucket, `prefix/`).
+fn split(uri: &str) -> (String, String) {
+    let (bucket, prefix) = uri.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    (
+        bucket.to_owned(),
+        format!("{}/", prefix.trim_end_matches('/')),
+    )
+}
+
+/// Puts one object at `path` relative to the checkpoint URI `uri`.
+pub fn put_file_at(store: &FakeStore, uri: &str, path: &str, bytes: &[u8]) {
+    let (bucket, prefix) = split(uri);
+    store.put(&bucket, &format!("{prefix}{path}"), bytes);
+}
+
+/// [`put_checkpoint`] under any checkpoint URI.
+pub fn put_checkpoint_at(
+    store: &FakeStore,
+    uri: &str,
+    ns: &str,
+    step: u64,
+    finished: bool,
+) -> String {
+    let (bucket, prefix) = split(uri);
     let files: [(&str, Vec<u8>); 2] = [
         ("model.safetensors", format!("model@{step}").into_bytes()),
         (
@@ -18,10 +45,10 @@ pub fn put_checkpoint(store: &FakeStore, ns: &str, step: u64, finished: bool) ->
             format!("optimizer state @{step}").into_bytes(),
         ),
     ];
-    let dir = format!("runs/train/{ns}/step-{step:012}");
+    let dir = format!("{prefix}{ns}/step-{step:012}");
     let mut entries = Vec::new();
     for (path, bytes) in &files {
-        store.put(BUCKET, &format!("{dir}/{path}"), bytes);
+        store.put(&bucket, &format!("{dir}/{path}"), bytes);
         let digest = FileDigest::of(bytes);
         entries.push(FileEntry {
             path: (*path).into(),
@@ -39,7 +66,7 @@ pub fn put_checkpoint(store: &FakeStore, ns: &str, step: u64, finished: bool) ->
         files: entries,
     };
     let key = format!("{dir}/manifest.json");
-    store.put(BUCKET, &key, &manifest.to_json_bytes().unwrap());
+    store.put(&bucket, &key, &manifest.to_json_bytes().unwrap());
     key
 }
 

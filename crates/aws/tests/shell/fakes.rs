@@ -1,15 +1,17 @@
-//! In-memory fakes of the adapter traits, with failure injection and call counting, plus
+//! In-memory fakes of the adapter traits, with failure injection and call recording, plus
 //! builders of SDK-shaped DescribeTrainingJob outputs from the repository's JSON fixtures.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use aws_sdk_sagemaker::operation::create_training_job::CreateTrainingJobInput;
 use aws_sdk_sagemaker::operation::describe_training_job::DescribeTrainingJobOutput;
 use aws_sdk_sagemaker::primitives::DateTime;
 use aws_sdk_sagemaker::types::{
-    CheckpointConfig, ResourceConfig, SecondaryStatus, SecondaryStatusTransition,
-    StoppingCondition, TrainingInstanceType, TrainingJobStatus,
+    AlgorithmSpecification, Channel, CheckpointConfig, CompressionType, DataSource,
+    OutputDataConfig, RecordWrapper, ResourceConfig, S3DataDistribution, S3DataSource, S3DataType,
+    SecondaryStatus, SecondaryStatusTransition, StoppingCondition, TrainingInputMode,
+    TrainingInstanceType, TrainingJobStatus, VpcConfig,
 };
 use serde_json::Value;
 use spotcheck_aws::{
@@ -20,31 +22,46 @@ use spotcheck_control::outputs::EventEntry;
 use spotcheck_control::{RelaunchPlan, Tags, Timestamp};
 use spotcheck_protocol::FileDigest;
 
-pub const EVENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/events/");
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/");
 
 /// An event fixture's bytes.
 pub fn event(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{EVENTS}{name}")).expect("fixture exists")
+    std::fs::read(format!("{FIXTURES}events/{name}")).expect("fixture exists")
 }
 
-/// Failures to inject, by operation name; each is returned once.
+/// A job fixture (`aws sagemaker describe-training-job` output, or ListTags output) as JSON.
+pub fn job_json(name: &str) -> Value {
+    let bytes = std::fs::read(format!("{FIXTURES}jobs/{name}")).expect("fixture exists");
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Failures to inject, by operation name, in call order: `None` lets a call through.
 #[derive(Default)]
-pub struct Failures(Mutex<HashMap<&'static str, Vec<AwsError>>>);
+pub struct Failures(Mutex<HashMap<&'static str, VecDeque<Option<AwsError>>>>);
 
 impl Failures {
+    /// The next call of `operation` fails with `kind`.
     pub fn inject(&self, operation: &'static str, kind: ErrorKind) {
-        self.0
-            .lock()
-            .unwrap()
-            .entry(operation)
-            .or_default()
-            .push(AwsError::new(operation, kind, format!("injected {kind:?}")));
+        self.inject_after(operation, 0, kind);
+    }
+
+    /// The next `skip` calls of `operation` succeed, the one after fails with `kind`.
+    pub fn inject_after(&self, operation: &'static str, skip: usize, kind: ErrorKind) {
+        let mut all = self.0.lock().unwrap();
+        let queue = all.entry(operation).or_default();
+        queue.extend(std::iter::repeat_n(None, skip));
+        queue.push_back(Some(AwsError::new(
+            operation,
+            kind,
+            format!("injected {kind:?}"),
+        )));
     }
 
     fn take(&self, operation: &'static str) -> Result<(), AwsError> {
-        match self.0.lock().unwrap().get_mut(operation).and_then(Vec::pop) {
-            Some(err) => Err(err),
-            None => Ok(()),
+        let mut all = self.0.lock().unwrap();
+        match all.get_mut(operation).and_then(VecDeque::pop_front) {
+            Some(Some(err)) => Err(err),
+            _ => Ok(()),
         }
     }
 }
@@ -61,12 +78,17 @@ impl Calls {
     pub fn get(&self, operation: &str) -> usize {
         self.0.lock().unwrap().get(operation).copied().unwrap_or(0)
     }
+
+    pub fn total(&self) -> usize {
+        self.0.lock().unwrap().values().sum()
+    }
 }
 
 #[derive(Default)]
 pub struct FakeJobs {
     pub jobs: Mutex<HashMap<String, DescribeTrainingJobOutput>>,
     pub tags: Mutex<HashMap<String, Tags>>,
+    /// Every request that created a job, in order.
     pub created: Mutex<Vec<CreateTrainingJobInput>>,
     pub fail: Failures,
     pub calls: Calls,
@@ -78,12 +100,29 @@ pub fn arn(name: &str) -> String {
 
 impl FakeJobs {
     pub fn add(&self, output: DescribeTrainingJobOutput, tags: &[(&str, &str)]) {
+        self.add_tags(output, tags.iter().copied().collect());
+    }
+
+    pub fn add_tags(&self, output: DescribeTrainingJobOutput, tags: Tags) {
         let name = output.training_job_name().unwrap().to_owned();
-        self.tags
+        self.tags.lock().unwrap().insert(arn(&name), tags);
+        self.jobs.lock().unwrap().insert(name, output);
+    }
+
+    pub fn created_names(&self) -> Vec<String> {
+        self.created
             .lock()
             .unwrap()
-            .insert(arn(&name), tags.iter().copied().collect());
-        self.jobs.lock().unwrap().insert(name, output);
+            .iter()
+            .map(|r| r.training_job_name().unwrap().to_owned())
+            .collect()
+    }
+
+    /// The (only) created request.
+    pub fn only_created(&self) -> CreateTrainingJobInput {
+        let created = self.created.lock().unwrap();
+        assert_eq!(created.len(), 1, "exactly one job created");
+        created[0].clone()
     }
 }
 
@@ -134,6 +173,7 @@ impl TrainingJobs for FakeJobs {
             .expect("valid request");
         let mut jobs = self.jobs.lock().unwrap();
         if jobs.contains_key(&plan.job_name) {
+            // SageMaker's ResourceInUse, as the SDK adapter maps it.
             return Ok(Created::AlreadyExists);
         }
         let created = DescribeTrainingJobOutput::builder()
@@ -156,6 +196,8 @@ pub struct FakeObject {
     pub crc64nvme: Option<String>,
 }
 
+/// An S3 bucket in memory. Every request is recorded; HEADs and stream-hashes yield once while
+/// "in flight", so the validator's concurrency shows in `max_in_flight` without any sleep.
 #[derive(Default)]
 pub struct FakeStore {
     pub objects: Mutex<BTreeMap<(String, String), FakeObject>>,
@@ -163,6 +205,13 @@ pub struct FakeStore {
     pub calls: Calls,
     /// The largest range asked of a GET.
     pub max_range: Mutex<u64>,
+    /// Keys of every GET (ranged or streamed), in order.
+    pub gets: Mutex<Vec<String>>,
+    /// Bytes returned by GETs (ranged and streamed).
+    pub bytes_read: Mutex<u64>,
+    in_flight: Mutex<usize>,
+    /// The most HEAD/stream requests that were in flight at once.
+    pub max_in_flight: Mutex<usize>,
 }
 
 impl FakeStore {
@@ -188,6 +237,23 @@ impl FakeStore {
             .unwrap()
             .get(&(bucket.to_owned(), key.to_owned()))
             .cloned()
+    }
+
+    fn read(&self, key: &str, n: usize) {
+        self.gets.lock().unwrap().push(key.to_owned());
+        *self.bytes_read.lock().unwrap() += n as u64;
+    }
+
+    /// Enters a request, lets the other requests of the batch start, leaves.
+    async fn in_flight(&self) {
+        {
+            let mut now = self.in_flight.lock().unwrap();
+            *now += 1;
+            let mut max = self.max_in_flight.lock().unwrap();
+            *max = (*max).max(*now);
+        }
+        tokio::task::yield_now().await;
+        *self.in_flight.lock().unwrap() -= 1;
     }
 }
 
@@ -216,16 +282,20 @@ impl CheckpointStore for FakeStore {
     ) -> Result<Option<Vec<u8>>, AwsError> {
         self.calls.add("GetObject");
         self.fail.take("GetObject")?;
-        let mut max = self.max_range.lock().unwrap();
-        *max = (*max).max(max_bytes);
+        {
+            let mut max = self.max_range.lock().unwrap();
+            *max = (*max).max(max_bytes);
+        }
         Ok(self.get(bucket, key).map(|o| {
             let n = o.bytes.len().min(max_bytes as usize);
+            self.read(key, n);
             o.bytes[..n].to_vec()
         }))
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<Option<HeadResult>, AwsError> {
         self.calls.add("HeadObject");
+        self.in_flight().await;
         self.fail.take("HeadObject")?;
         Ok(self.get(bucket, key).map(|o| HeadResult {
             size: o.bytes.len() as u64,
@@ -239,10 +309,14 @@ impl CheckpointStore for FakeStore {
         key: &str,
     ) -> Result<Option<HeadResult>, AwsError> {
         self.calls.add("GetObject(stream)");
-        self.fail.take("GetObject")?;
-        Ok(self.get(bucket, key).map(|o| HeadResult {
-            size: o.bytes.len() as u64,
-            crc64nvme: Some(FileDigest::of(&o.bytes).crc64nvme_base64()),
+        self.in_flight().await;
+        self.fail.take("GetObject(stream)")?;
+        Ok(self.get(bucket, key).map(|o| {
+            self.read(key, o.bytes.len());
+            HeadResult {
+                size: o.bytes.len() as u64,
+                crc64nvme: Some(FileDigest::of(&o.bytes).crc64nvme_base64()),
+            }
         }))
     }
 }
@@ -251,6 +325,7 @@ impl CheckpointStore for FakeStore {
 pub struct FakeLedger {
     pub records: Mutex<BTreeMap<String, Vec<u8>>>,
     pub fail: Failures,
+    pub calls: Calls,
 }
 
 impl FakeLedger {
@@ -259,12 +334,17 @@ impl FakeLedger {
     }
 
     pub fn json(&self, key: &str) -> Value {
-        serde_json::from_slice(&self.records.lock().unwrap()[key]).unwrap()
+        let records = self.records.lock().unwrap();
+        let bytes = records
+            .get(key)
+            .unwrap_or_else(|| panic!("no record {key}"));
+        serde_json::from_slice(bytes).unwrap()
     }
 }
 
 impl Ledger for FakeLedger {
     async fn write_once(&self, key: &str, body: Vec<u8>) -> Result<Written, AwsError> {
+        self.calls.add("PutObject");
         self.fail.take("PutObject")?;
         let mut records = self.records.lock().unwrap();
         if records.contains_key(key) {
@@ -279,6 +359,7 @@ impl Ledger for FakeLedger {
 pub struct FakeEvents {
     pub published: Mutex<Vec<EventEntry>>,
     pub fail: Failures,
+    pub calls: Calls,
 }
 
 impl FakeEvents {
@@ -290,10 +371,16 @@ impl FakeEvents {
             .map(|e| e.detail_type)
             .collect()
     }
+
+    /// The detail of the `index`-th published entry.
+    pub fn detail(&self, index: usize) -> Value {
+        serde_json::from_str(&self.published.lock().unwrap()[index].detail).unwrap()
+    }
 }
 
 impl EventSink for FakeEvents {
     async fn publish(&self, entries: &[EventEntry]) -> Result<(), AwsError> {
+        self.calls.add("PutEvents");
         self.fail.take("PutEvents")?;
         self.published.lock().unwrap().extend_from_slice(entries);
         Ok(())
@@ -304,10 +391,12 @@ impl EventSink for FakeEvents {
 pub struct FakeInstances {
     pub tags: Mutex<HashMap<String, Tags>>,
     pub fail: Failures,
+    pub calls: Calls,
 }
 
 impl InstanceTags for FakeInstances {
     async fn instance_tags(&self, instance_id: &str) -> Result<Option<Tags>, AwsError> {
+        self.calls.add("DescribeTags");
         self.fail.take("DescribeTags")?;
         Ok(self.tags.lock().unwrap().get(instance_id).cloned())
     }
@@ -339,11 +428,23 @@ impl MemoryLog {
             .collect()
     }
 
-    pub fn metrics(&self) -> usize {
+    /// The last decision line, asserting that there are `invocations` of them in all.
+    pub fn decision(&self, invocations: usize) -> Value {
+        let lines = self.decisions();
+        assert_eq!(lines.len(), invocations, "one decision line per invocation");
+        lines.last().unwrap().clone()
+    }
+
+    /// EMF metric lines (CloudWatch's `_aws` envelope).
+    pub fn metric_lines(&self) -> Vec<Value> {
         self.lines()
-            .iter()
+            .into_iter()
             .filter(|l| l.get("_aws").is_some())
-            .count()
+            .collect()
+    }
+
+    pub fn metrics(&self) -> usize {
+        self.metric_lines().len()
     }
 }
 
@@ -352,23 +453,67 @@ pub fn now() -> Timestamp {
 }
 
 fn time(value: &Value) -> Option<DateTime> {
-    let ms = match value {
-        Value::String(s) => s.parse::<i64>().ok(),
-        // describe-training-job prints epoch seconds as floats; events carry epoch ms.
-        Value::Number(n) if n.is_f64() => n.as_f64().map(|f| (f * 1000.0) as i64),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }?;
-    Some(DateTime::from_millis(ms))
+    if value.is_null() {
+        return None;
+    }
+    // Events carry epoch-ms strings, describe-training-job prints RFC 3339 or epoch seconds.
+    let t = Timestamp::from_json(value).expect("a fixture time");
+    Some(DateTime::from_millis(t.epoch_ms()))
 }
 
-/// A DescribeTrainingJob output with the fields of a PascalCase job JSON (an event's detail or
-/// a describe-training-job fixture) that the engine reads.
+fn strings(value: &Value) -> Option<Vec<String>> {
+    value.as_array().map(|items| {
+        items
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    })
+}
+
+fn string_map(value: &Value) -> Option<HashMap<String, String>> {
+    value.as_object().map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect()
+    })
+}
+
+fn channel(c: &Value) -> Channel {
+    let s3 = &c["DataSource"]["S3DataSource"];
+    let s = |v: &Value, k: &str| v[k].as_str().map(str::to_owned);
+    Channel::builder()
+        .set_channel_name(s(c, "ChannelName"))
+        .data_source(
+            DataSource::builder()
+                .s3_data_source(
+                    S3DataSource::builder()
+                        .set_s3_data_type(s3["S3DataType"].as_str().map(S3DataType::from))
+                        .set_s3_uri(s(s3, "S3Uri"))
+                        .set_s3_data_distribution_type(
+                            s3["S3DataDistributionType"]
+                                .as_str()
+                                .map(S3DataDistribution::from),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .set_compression_type(c["CompressionType"].as_str().map(CompressionType::from))
+        .set_record_wrapper_type(c["RecordWrapperType"].as_str().map(RecordWrapper::from))
+        .build()
+}
+
+/// A DescribeTrainingJob output from a PascalCase job JSON (an event's detail or a
+/// describe-training-job fixture): every field the fixtures use, as the SDK would parse it.
 pub fn describe_from_json(job: &Value) -> DescribeTrainingJobOutput {
     let s = |k: &str| job[k].as_str().map(str::to_owned);
     let n = |v: &Value| v.as_i64().map(|n| n as i32);
     let rc = &job["ResourceConfig"];
     let sc = &job["StoppingCondition"];
+    let algo = &job["AlgorithmSpecification"];
+    let out = &job["OutputDataConfig"];
+    let vpc = &job["VpcConfig"];
+    let ckpt = &job["CheckpointConfig"];
     let transitions = job["SecondaryStatusTransitions"]
         .as_array()
         .into_iter()
@@ -390,7 +535,38 @@ pub fn describe_from_json(job: &Value) -> DescribeTrainingJobOutput {
         )
         .set_secondary_status(s("SecondaryStatus").map(|v| SecondaryStatus::from(v.as_str())))
         .set_failure_reason(s("FailureReason"))
+        .set_hyper_parameters(string_map(&job["HyperParameters"]))
+        .set_algorithm_specification(algo.is_object().then(|| {
+            AlgorithmSpecification::builder()
+                .set_training_image(algo["TrainingImage"].as_str().map(str::to_owned))
+                .set_training_input_mode(
+                    algo["TrainingInputMode"]
+                        .as_str()
+                        .map(TrainingInputMode::from),
+                )
+                .set_enable_sage_maker_metrics_time_series(
+                    algo["EnableSageMakerMetricsTimeSeries"].as_bool(),
+                )
+                .build()
+        }))
         .set_role_arn(s("RoleArn"))
+        .set_input_data_config(
+            job["InputDataConfig"]
+                .as_array()
+                .map(|cs| cs.iter().map(channel).collect()),
+        )
+        .set_output_data_config(out.is_object().then(|| {
+            OutputDataConfig::builder()
+                .set_s3_output_path(out["S3OutputPath"].as_str().map(str::to_owned))
+                .set_kms_key_id(out["KmsKeyId"].as_str().map(str::to_owned))
+                .build()
+        }))
+        .set_vpc_config(vpc.is_object().then(|| {
+            VpcConfig::builder()
+                .set_security_group_ids(strings(&vpc["SecurityGroupIds"]))
+                .set_subnets(strings(&vpc["Subnets"]))
+                .build()
+        }))
         .resource_config(
             ResourceConfig::builder()
                 .set_instance_type(rc["InstanceType"].as_str().map(TrainingInstanceType::from))
@@ -404,12 +580,17 @@ pub fn describe_from_json(job: &Value) -> DescribeTrainingJobOutput {
                 .set_max_wait_time_in_seconds(n(&sc["MaxWaitTimeInSeconds"]))
                 .build(),
         )
-        .set_enable_managed_spot_training(job["EnableManagedSpotTraining"].as_bool())
-        .set_checkpoint_config(
-            job["CheckpointConfig"]["S3Uri"]
-                .as_str()
-                .map(|uri| CheckpointConfig::builder().s3_uri(uri).build()),
+        .set_enable_network_isolation(job["EnableNetworkIsolation"].as_bool())
+        .set_enable_inter_container_traffic_encryption(
+            job["EnableInterContainerTrafficEncryption"].as_bool(),
         )
+        .set_enable_managed_spot_training(job["EnableManagedSpotTraining"].as_bool())
+        .set_checkpoint_config(ckpt["S3Uri"].as_str().map(|uri| {
+            CheckpointConfig::builder()
+                .s3_uri(uri)
+                .set_local_path(ckpt["LocalPath"].as_str().map(str::to_owned))
+                .build()
+        }))
         .set_training_time_in_seconds(n(&job["TrainingTimeInSeconds"]))
         .set_billable_time_in_seconds(n(&job["BillableTimeInSeconds"]))
         .set_creation_time(time(&job["CreationTime"]))
@@ -418,6 +599,26 @@ pub fn describe_from_json(job: &Value) -> DescribeTrainingJobOutput {
         .set_last_modified_time(time(&job["LastModifiedTime"]))
         .set_secondary_status_transitions(Some(transitions))
         .build()
+}
+
+/// A describe-training-job fixture as the SDK's output.
+pub fn describe_fixture(name: &str) -> DescribeTrainingJobOutput {
+    describe_from_json(&job_json(name))
+}
+
+/// `aws sagemaker list-tags` output as tags.
+pub fn list_tags_fixture(name: &str) -> Tags {
+    job_json(name)["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["Key"].as_str().unwrap().to_owned(),
+                t["Value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The detail of an event fixture, as JSON.
