@@ -100,7 +100,7 @@ pub struct Demo {
     /// Simulated hours the uninterrupted run's wall time maps to.
     #[arg(long, default_value_t = 4.0)]
     pub simulated_hours: f64,
-    /// A policy JSON file for the control plane (default: ladder ml.g4dn.xlarge → ml.g5.xlarge).
+    /// A policy JSON file for the control plane (default: ladder ml.g4dn.xlarge → ml.g5.xlarge, on-demand after 6 interruptions).
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// The first job's instance type.

@@ -78,18 +78,19 @@ impl DemoConfig {
             workdir,
             trainer,
             data: PathBuf::from(FASHION_MNIST),
-            seed: 7,
+            seed: 6,
             interruptions_per_hour: 1.5,
             trace: None,
             max_steps: 600,
             hyperparameters: BTreeMap::new(),
             policy: Policy {
                 instance_ladder: vec!["ml.g4dn.xlarge".into(), "ml.g5.xlarge".into()],
+                on_demand_after_interruptions: Some(6),
                 ..Policy::default()
             },
             instance_type: "ml.g4dn.xlarge".into(),
             simulated_hours: 4.0,
-            long_outage_probability: 0.35,
+            long_outage_probability: 0.2,
             grace_wall_seconds: 3.0,
             timeout: Duration::from_secs(900),
         }
@@ -308,7 +309,7 @@ pub async fn run(
     ));
 
     // Stopping conditions in simulated seconds.
-    let max_runtime = (target * 2.0).ceil() as u64;
+    let max_runtime = (target * 4.0).ceil() as u64;
     let max_wait = max_runtime + 3600;
     let mut service = ServiceConfig::new(config.workdir.join("service"), config.trainer.clone());
     if service.workdir.exists() {
@@ -322,7 +323,7 @@ pub async fn run(
         interruptions_per_hour: config.interruptions_per_hour,
         short_outage_mean_seconds: 600.0,
         long_outage_probability: config.long_outage_probability,
-        long_outage_seconds: (max_wait as f64 * 1.2, max_wait as f64 * 2.0),
+        long_outage_seconds: (max_wait as f64 * 1.2, max_wait as f64 * 3.0),
         spot_discount: 0.7,
         trace: config.trace.clone(),
     };

@@ -152,6 +152,8 @@ pub struct Report {
     pub internal_restarts: u32,
     /// Relaunches after Stopped/MaxWaitTimeExceeded.
     pub relaunches_after_max_wait: u32,
+    /// Relaunches onto another instance type (down the fallback ladder).
+    pub ladder_moves: u32,
     /// Every restart's lost steps: (job of the next instance, lost, exact).
     pub lost_steps: Vec<(String, u64, bool)>,
     /// Trainer logs.
@@ -312,6 +314,14 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
                 .any(|j| j.name == r.from && j.state.secondary == "MaxWaitTimeExceeded")
         })
         .count() as u32;
+    let ladder_moves = inputs
+        .relaunches
+        .iter()
+        .filter(|r| {
+            let parent = jobs.iter().find(|j| j.name == r.from);
+            matches!((parent, &r.instance_type), (Some(p), Some(t)) if &p.instance_type != t)
+        })
+        .count() as u32;
     // Lost steps: consecutive processes of the lineage.
     let mut lost_steps = Vec::new();
     for w in inputs.processes.windows(2) {
@@ -365,6 +375,7 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
         relaunches: inputs.relaunches,
         internal_restarts,
         relaunches_after_max_wait,
+        ladder_moves,
         lost_steps,
         checkpoints_saved: inputs.processes.iter().map(|p| p.checkpoints).sum(),
         processes: inputs.processes,
@@ -430,10 +441,11 @@ pub fn render_text(r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "\nRecovery: {} SageMaker-internal restart(s), {} relaunch(es) by the control plane ({} after MaxWaitTimeExceeded).",
+        "\nRecovery: {} SageMaker-internal restart(s), {} relaunch(es) by the control plane ({} after MaxWaitTimeExceeded, {} down the instance ladder).",
         r.internal_restarts,
         r.relaunches.len(),
-        r.relaunches_after_max_wait
+        r.relaunches_after_max_wait,
+        r.ladder_moves
     );
     for rl in &r.relaunches {
         let _ = writeln!(
