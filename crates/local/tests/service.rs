@@ -1,0 +1,281 @@
+//! The local SageMaker service through the real `aws-sdk-sagemaker` client over HTTP: the JSON
+//! 1.1 protocol, SageMaker's error codes, duplicate names, a spot interruption restarted inside
+//! MaxWait, a user's stop, checkpoint sync with the uploader's markers, and billing fields.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_sdk_sagemaker::error::ProvideErrorMetadata;
+use aws_sdk_sagemaker::types::{
+    AlgorithmSpecification, CheckpointConfig, OutputDataConfig, ResourceConfig, StoppingCondition,
+    Tag, TrainingInputMode, TrainingInstanceType,
+};
+use spotcheck_local::market::{MarketConfig, Trace};
+use spotcheck_local::service::ServiceConfig;
+use spotcheck_local::stack::{Stack, StackConfig};
+
+const BUCKET: &str = "service-test";
+
+/// `train`, built into the same target directory by `cargo test --workspace`.
+fn trainer() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let t = exe.parent().unwrap().parent().unwrap().join("train");
+    assert!(
+        t.is_file(),
+        "{} is missing: run the suite with scripts/test-all.sh (cargo test --workspace builds it)",
+        t.display()
+    );
+    t
+}
+
+async fn stack(dir: &Path, trace: Option<&str>, time_scale: f64) -> Stack {
+    let mut service = ServiceConfig::new(dir.join("service"), trainer());
+    service.time_scale = time_scale;
+    service.fast_forward = true;
+    service.grace_seconds = 30.0 * time_scale;
+    service.market = MarketConfig {
+        trace: trace.map(|t| Trace::from_json(t.as_bytes()).unwrap()),
+        ..MarketConfig::default()
+    };
+    let mut config = StackConfig::new(service);
+    config.buckets = vec![BUCKET.into()];
+    Stack::start(config, |_| {}).await.unwrap()
+}
+
+/// A small synthetic-data job: `steps` optimizer steps, a checkpoint every 20.
+fn create(
+    client: &aws_sdk_sagemaker::Client,
+    name: &str,
+    steps: u32,
+    spot: bool,
+) -> aws_sdk_sagemaker::operation::create_training_job::builders::CreateTrainingJobFluentBuilder {
+    let hp = [
+        ("dataset", "synthetic"),
+        ("epochs", "100000"),
+        ("num_classes", "4"),
+        ("synthetic_samples", "512"),
+        ("image_size", "12"),
+        ("model_width", "4"),
+        ("model_hidden", "16"),
+        ("batch_size", "32"),
+        ("checkpoint_every_steps", "20"),
+        ("checkpoint_adaptive", "false"),
+        ("backend", "cpu"),
+    ];
+    let mut b = client
+        .create_training_job()
+        .training_job_name(name)
+        .algorithm_specification(
+            AlgorithmSpecification::builder()
+                .training_image("spotcheck-trainer:latest")
+                .training_input_mode(TrainingInputMode::File)
+                .build(),
+        )
+        .role_arn("arn:aws:iam::000000000000:role/test")
+        .hyper_parameters("max_steps", steps.to_string())
+        .output_data_config(
+            OutputDataConfig::builder()
+                .s3_output_path(format!("s3://{BUCKET}/models"))
+                .build(),
+        )
+        .resource_config(
+            ResourceConfig::builder()
+                .instance_type(TrainingInstanceType::MlG4DnXlarge)
+                .instance_count(1)
+                .volume_size_in_gb(10)
+                .build(),
+        )
+        .stopping_condition(
+            StoppingCondition::builder()
+                .max_runtime_in_seconds(86_400)
+                .set_max_wait_time_in_seconds(spot.then_some(172_800))
+                .build(),
+        )
+        .enable_managed_spot_training(spot)
+        .checkpoint_config(
+            CheckpointConfig::builder()
+                .s3_uri(format!("s3://{BUCKET}/checkpoints/{name}"))
+                .build(),
+        )
+        .tags(Tag::builder().key("team").value("ml").build());
+    for (k, v) in hp {
+        b = b.hyper_parameters(k, v);
+    }
+    b
+}
+
+async fn wait_status(stack: &Stack, name: &str, done: &[&str]) -> String {
+    let ok = stack
+        .service
+        .wait_until(Duration::from_secs(120), |jobs| {
+            jobs.iter()
+                .any(|j| j.name == name && done.contains(&j.state.status))
+        })
+        .await;
+    let d = stack
+        .sagemaker_client()
+        .describe_training_job()
+        .training_job_name(name)
+        .send()
+        .await
+        .unwrap();
+    assert!(ok, "{name} did not reach {done:?}: {d:?}");
+    d.training_job_status().unwrap().as_str().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_client_runs_a_spot_job_through_an_interruption_to_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    // Real time: the outage at 1.5 s hits the trainer while it trains (its capacity wait is
+    // fast-forwarded).
+    let stack = stack(
+        dir.path(),
+        Some(r#"{"outages": [{"at_seconds": 1.5, "duration_seconds": 600}]}"#),
+        1.0,
+    )
+    .await;
+    let sm = stack.sagemaker_client();
+    let created = create(&sm, "svc-spot", 3000, true).send().await.unwrap();
+    assert!(created
+        .training_job_arn()
+        .unwrap()
+        .ends_with(":training-job/svc-spot"));
+
+    // The same name again: SageMaker's ResourceInUse, which the control plane reads as "done".
+    let dup = create(&sm, "svc-spot", 3000, true)
+        .send()
+        .await
+        .unwrap_err();
+    let dup = dup.into_service_error();
+    assert!(dup.is_resource_in_use(), "{dup:?}");
+
+    assert_eq!(
+        wait_status(&stack, "svc-spot", &["Completed", "Failed", "Stopped"]).await,
+        "Completed"
+    );
+    let d = sm
+        .describe_training_job()
+        .training_job_name("svc-spot")
+        .send()
+        .await
+        .unwrap();
+    let secondary: Vec<&str> = d
+        .secondary_status_transitions()
+        .iter()
+        .map(|t| t.status().unwrap().as_str())
+        .collect();
+    let interrupted = secondary.iter().position(|s| *s == "Interrupted");
+    assert!(
+        interrupted.is_some_and(|i| secondary[i + 1..].contains(&"Training")),
+        "expected Training → Interrupted → … → Training: {secondary:?}"
+    );
+    assert_eq!(secondary.last(), Some(&"Completed"));
+    let training = d.training_time_in_seconds().unwrap();
+    let billable = d.billable_time_in_seconds().unwrap();
+    assert!(
+        training > 0 && billable > 0 && billable < training,
+        "spot bills less than it runs: {training} {billable}"
+    );
+    assert_eq!(d.enable_managed_spot_training(), Some(true));
+    let model = d.model_artifacts().unwrap().s3_model_artifacts().unwrap();
+    assert!(model.starts_with(&format!("s3://{BUCKET}/models/svc-spot/")));
+
+    // Checkpoints reached S3 with their full-object CRC-64/NVME, and no uploader markers.
+    let s3 = stack.s3_client();
+    let listed = s3
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix("checkpoints/svc-spot/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(
+        keys.iter().any(|k| k.ends_with("/manifest.json")),
+        "{keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k.contains(".sagemaker-")), "{keys:?}");
+    let manifest = keys.iter().find(|k| k.ends_with("/manifest.json")).unwrap();
+    let head = s3
+        .head_object()
+        .bucket(BUCKET)
+        .key(*manifest)
+        .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+        .send()
+        .await
+        .unwrap();
+    assert!(head.checksum_crc64_nvme().is_some());
+
+    let listed = sm.list_training_jobs().send().await.unwrap();
+    assert!(listed
+        .training_job_summaries()
+        .iter()
+        .any(|s| s.training_job_name() == Some("svc-spot")));
+    let tags = sm
+        .list_tags()
+        .resource_arn(created.training_job_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(tags
+        .tags()
+        .iter()
+        .any(|t| t.key() == Some("team") && t.value() == Some("ml")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_stop_ends_stopped_and_bad_requests_get_sagemaker_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), None, 1.0).await;
+    let sm = stack.sagemaker_client();
+
+    let bad = create(&sm, "bad_name!", 10, false)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Some("ValidationException"), "{bad:?}");
+    let missing = sm
+        .describe_training_job()
+        .training_job_name("no-such-job")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Some("ValidationException"), "{missing:?}");
+    // Managed spot without MaxWaitTimeInSeconds is refused, as SageMaker does.
+    let no_wait = create(&sm, "spot-without-wait", 10, false)
+        .enable_managed_spot_training(true)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(no_wait.code(), Some("ValidationException"), "{no_wait:?}");
+
+    create(&sm, "svc-stop", 1_000_000, false)
+        .send()
+        .await
+        .unwrap();
+    let training = stack
+        .service
+        .wait_until(Duration::from_secs(60), |jobs| {
+            jobs.iter()
+                .any(|j| j.name == "svc-stop" && j.state.secondary == "Training")
+        })
+        .await;
+    assert!(training);
+    sm.stop_training_job()
+        .training_job_name("svc-stop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_status(&stack, "svc-stop", &["Completed", "Failed", "Stopped"]).await,
+        "Stopped"
+    );
+    let d = sm
+        .describe_training_job()
+        .training_job_name("svc-stop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.secondary_status().unwrap().as_str(), "Stopped");
+    assert!(d.failure_reason().is_none());
+}
