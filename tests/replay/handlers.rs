@@ -260,9 +260,10 @@ fn tags_of(
 /// The "spot loss, then capacity, then success" walk-through of the decision engine, for real:
 ///
 /// 1. `<root>` (spot, ml.p3.2xlarge, ladder p3 → g5, checkpoints at steps 100 and 200) trains
-///    until p3 spot capacity goes (trace outage at 200 s) → InProgress/Interrupted: the
-///    interruption is recorded. Capacity stays away → Stopped/MaxWaitTimeExceeded after
-///    training → relaunch `<root>-r2-…` on the same type, spot, from step 200.
+///    until p3 spot capacity goes (a trace outage at 400 simulated seconds: 4 s of wall time,
+///    ample for it to reach Training) → InProgress/Interrupted: the interruption is recorded.
+///    Capacity stays away → Stopped/MaxWaitTimeExceeded after training → relaunch
+///    `<root>-r2-…` on the same type, spot, from step 200.
 /// 2. `-r2-` never gets p3 capacity → Stopped/MaxWaitTimeExceeded without training → relaunch
 ///    `-r3-…` one rung down the ladder, on ml.g5.2xlarge.
 /// 3. `-r3-` completes → savings for it and for the lineage (three attempts, summed).
@@ -285,7 +286,7 @@ async fn spot_lineage_is_relaunched_recorded_and_replayed_without_duplicates() {
         &e.s3,
         Options {
             time_scale: 100.0,
-            outages: vec![(P3.into(), 200.0, 1.0e7)],
+            outages: vec![(P3.into(), 400.0, 1.0e7)],
             tracked_events: true,
             // The interrupted parent stays InProgress/Interrupted for 4 s of wall time: its
             // event is handled (through EventBridge and SQS) while it is still current.

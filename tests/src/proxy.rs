@@ -445,3 +445,48 @@ async fn forward(
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, query: &str, target: Option<&str>) -> RequestInfo {
+        RequestInfo {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            target: target.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn operations_are_named_from_the_target_or_the_s3_request() {
+        let table = [
+            (
+                req("POST", "/", "", Some("SageMaker.CreateTrainingJob")),
+                "CreateTrainingJob",
+            ),
+            (
+                req("POST", "/", "", Some("AWSEvents.PutEvents")),
+                "PutEvents",
+            ),
+            (
+                req("GET", "/b", "list-type=2&prefix=x", None),
+                "ListObjectsV2",
+            ),
+            (req("GET", "/b/", "list-type=2", None), "ListObjectsV2"),
+            (req("GET", "/b/k/manifest.json", "", None), "GetObject"),
+            (req("HEAD", "/b/k", "", None), "HeadObject"),
+            (req("PUT", "/b/k", "", None), "PutObject"),
+            (req("PUT", "/b", "", None), "CreateBucket"),
+            (req("DELETE", "/b/k", "", None), "DeleteObject"),
+        ];
+        for (r, op) in table {
+            assert_eq!(r.operation(), op, "{r:?}");
+        }
+        assert_eq!(
+            req("GET", "/b/a/b", "", None).s3_key().as_deref(),
+            Some("a/b")
+        );
+    }
+}

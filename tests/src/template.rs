@@ -134,3 +134,25 @@ pub fn rule_for(account: &str, function: &str) -> TemplateRule {
         .next()
         .unwrap_or_else(|| unreachable!())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_templates_rules_parse_with_the_account_resolved() {
+        let rules = rules("111122223333");
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        let sm = rule_for("111122223333", SAGEMAKER_FUNCTION);
+        assert_eq!(sm.pattern["account"], serde_json::json!(["111122223333"]));
+        assert_eq!(sm.pattern["source"], serde_json::json!(["aws.sagemaker"]));
+        let ec2 = rule_for("111122223333", EC2_FUNCTION);
+        assert_eq!(ec2.pattern["source"], serde_json::json!(["aws.ec2"]));
+    }
+
+    #[test]
+    fn other_intrinsics_in_a_pattern_are_refused() {
+        let y: Y = serde_yaml::from_str("source: [!Sub '${AWS::Region}']").expect("YAML");
+        assert!(to_json(&y, "1", "p").is_err());
+    }
+}
