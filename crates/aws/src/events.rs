@@ -1,9 +1,11 @@
 //! Publishing spotcheck's own EventBridge events.
 //!
-//! Owns the [`EventSink`] trait, its EventBridge implementation [`EventBridgeSink`], and the one
-//! event the control crate does not define: "Training Run Continuation Planned"
-//! ([`continuation_entry`]), the EC2 path's hand-over of a [`ContinuationPlan`] to whatever
-//! starts the replacement capacity. Delivery is at-least-once: the handlers publish only after
+//! Owns the [`EventSink`] trait, its EventBridge implementation [`EventBridgeSink`], and the two
+//! events the control crate does not define, both about an EC2 run's [`ContinuationPlan`]:
+//! "Training Run Continued" ([`continued_entry`]) when the EC2 function created the SageMaker
+//! job from the run's request template, and "Training Run Continuation Planned"
+//! ([`continuation_entry`]) when `spotcheck:continue-on` names no template, handing the plan to
+//! whatever automation of the user's starts the replacement capacity. Delivery is at-least-once: the handlers publish only after
 //! the action and the ledger write succeeded, and a retried event publishes again, so
 //! subscribers must tolerate duplicates (the detail's job or run name identifies the fact).
 
@@ -16,8 +18,11 @@ use spotcheck_control::ContinuationPlan;
 use crate::checkpoints::CheckpointValidation;
 use crate::error::{classify, AwsError, ErrorKind};
 
-/// `detail-type` of the continuation event.
+/// `detail-type` of a continuation left to the user's automation.
 pub const CONTINUATION_PLANNED: &str = "Training Run Continuation Planned";
+
+/// `detail-type` of a continuation the EC2 function created.
+pub const CONTINUED: &str = "Training Run Continued";
 
 /// PutEvents.
 pub trait EventSink {
@@ -54,6 +59,41 @@ pub fn continuation_entry(
     Ok(EventEntry {
         source: EVENT_SOURCE,
         detail_type: CONTINUATION_PLANNED,
+        detail: serde_json::to_string(&detail)?,
+        resources: vec![plan.instance_id.clone(), plan.name.clone()],
+    })
+}
+
+/// Detail of "Training Run Continued": the plan's detail plus the job.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContinuationCreated<'a> {
+    /// Plan and checkpoints, as in "Training Run Continuation Planned"; the job's name is the
+    /// plan's `name`.
+    #[serde(flatten)]
+    pub planned: ContinuationPlanned<'a>,
+    /// The new job's ARN; `null` when an earlier delivery created it (`ResourceInUse`).
+    pub job_arn: Option<&'a str>,
+}
+
+/// The PutEvents entry announcing a continuation job created (or found created) as planned.
+pub fn continued_entry(
+    plan: &ContinuationPlan,
+    validation: Option<&CheckpointValidation>,
+    checkpoint_error: Option<&str>,
+    job_arn: Option<&str>,
+) -> Result<EventEntry, serde_json::Error> {
+    let detail = ContinuationCreated {
+        planned: ContinuationPlanned {
+            plan,
+            latest_valid_step: validation.and_then(|v| v.summary.latest_valid_step),
+            latest_valid: validation.and_then(|v| v.latest_valid.as_deref()),
+            checkpoint_error,
+        },
+        job_arn,
+    };
+    Ok(EventEntry {
+        source: EVENT_SOURCE,
+        detail_type: CONTINUED,
         detail: serde_json::to_string(&detail)?,
         resources: vec![plan.instance_id.clone(), plan.name.clone()],
     })

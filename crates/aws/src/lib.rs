@@ -15,13 +15,15 @@
 //! The [`handler`] module runs the flow — parse, gather inputs, decide, act, log one line — as
 //! code generic over those traits, so the two Lambdas, the tests (with in-memory fakes) and a
 //! future local service share it. Pure pieces are separate functions: [`relaunch_request`]
-//! (DescribeTrainingJob output + plan → CreateTrainingJob input), [`job_facts`],
+//! (DescribeTrainingJob output + plan → CreateTrainingJob input), [`continuation_request`]
+//! (an EC2 run's request template + plan → CreateTrainingJob input), [`job_facts`],
 //! [`error::classify`], the ledger [`keys`](ledger::keys).
 
 #![warn(missing_docs)]
 
 pub mod checkpoints;
 pub mod config;
+pub mod continuation;
 pub mod error;
 pub mod events;
 pub mod handler;
@@ -35,6 +37,7 @@ pub use checkpoints::{
     S3Checkpoints, ValidationOptions,
 };
 pub use config::Settings;
+pub use continuation::{continuation_request, parse_template, Template, TemplateError};
 pub use error::{AwsError, ErrorKind};
 pub use events::{EventBridgeSink, EventSink};
 pub use handler::{

@@ -4,7 +4,8 @@
 //! Owns DescribeTrainingJob → [`JobFacts`] ([`job_facts`]), the relaunch request
 //! ([`relaunch_request`]: DescribeTrainingJob output + [`RelaunchPlan`] → a
 //! CreateTrainingJob input builder, every field carried over), and the mapping of
-//! CreateTrainingJob's `ResourceInUse` to [`Created::AlreadyExists`]. It decides nothing: the
+//! CreateTrainingJob's `ResourceInUse` to [`Created::AlreadyExists`]. The adapter sends
+//! whatever request it is given; building one is always a pure function. It decides nothing: the
 //! plan says what changes, this module only applies it.
 //!
 //! The raw SDK output is kept next to the facts ([`Described::output`]) because a relaunch must
@@ -52,11 +53,12 @@ pub trait TrainingJobs {
     /// ListTags of a training-job ARN (all pages).
     fn list_tags(&self, arn: &str) -> impl Future<Output = Result<Tags, AwsError>> + Send;
 
-    /// CreateTrainingJob built by [`relaunch_request`] from `parent` and `plan`.
-    fn create_relaunch(
+    /// CreateTrainingJob with a request built by a pure function ([`relaunch_request`], or
+    /// [`continuation_request`](crate::continuation::continuation_request)). `ResourceInUse`
+    /// is [`Created::AlreadyExists`]: the names are deterministic, so it means "already done".
+    fn create(
         &self,
-        parent: &DescribeTrainingJobOutput,
-        plan: &RelaunchPlan,
+        request: CreateTrainingJobInputBuilder,
     ) -> impl Future<Output = Result<Created, AwsError>> + Send;
 }
 
@@ -274,12 +276,8 @@ impl TrainingJobs for SdkTrainingJobs {
         Ok(tags)
     }
 
-    async fn create_relaunch(
-        &self,
-        parent: &DescribeTrainingJobOutput,
-        plan: &RelaunchPlan,
-    ) -> Result<Created, AwsError> {
-        match relaunch_request(parent, plan).send_with(&self.client).await {
+    async fn create(&self, request: CreateTrainingJobInputBuilder) -> Result<Created, AwsError> {
+        match request.send_with(&self.client).await {
             Ok(out) => Ok(Created::New {
                 arn: out.training_job_arn().unwrap_or_default().to_owned(),
             }),

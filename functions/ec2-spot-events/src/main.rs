@@ -1,10 +1,11 @@
 //! The `ec2-spot-events` Lambda: EC2 spot interruption warnings and rebalance recommendations →
-//! map the instance to its run, record, validate checkpoints, publish the continuation plan.
+//! map the instance to its run, validate checkpoints, record, continue the run as a SageMaker
+//! managed-spot job when it names a request template, publish spotcheck events.
 //!
 //! Only wiring: configuration and clients are built once at cold start, then each event's
 //! bytes go to [`Ec2Handler::handle`] (crates/aws). `Err` is returned only for the
-//! handler's errors (transient failures and refusals, see `docs/lambdas.md`), so Lambda retries
-//! them and finally dead-letters them; everything else is acknowledged.
+//! handler's errors (transient failures, refusals, unusable templates, see `docs/lambdas.md`),
+//! so Lambda retries them and finally dead-letters them; everything else is acknowledged.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,7 @@ use spotcheck_aws::config::Settings;
 use spotcheck_aws::sdk::{custom_s3_endpoint, load_sdk_config, s3_client};
 use spotcheck_aws::{
     Ec2Handler, Ec2InstanceTags, EventBridgeSink, HandlerConfig, HandlerError, S3Checkpoints,
-    S3Ledger, StdoutLog, ValidationOptions,
+    S3Ledger, SdkTrainingJobs, StdoutLog, ValidationOptions,
 };
 use spotcheck_control::Timestamp;
 
@@ -26,6 +27,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let s3 = s3_client(&sdk, custom_s3_endpoint(std::env::vars()));
     let handler = Ec2Handler {
         instances: Ec2InstanceTags::new(&sdk),
+        jobs: SdkTrainingJobs::new(&sdk),
         checkpoints: S3Checkpoints::new(s3.clone()),
         ledger: S3Ledger::new(s3, settings.ledger_bucket, &settings.ledger_prefix),
         events: EventBridgeSink::new(&sdk),
@@ -64,12 +66,8 @@ fn diagnostic(error_type: &str, error: &dyn std::fmt::Display) -> Diagnostic {
     }
 }
 
-/// `Transient` (Lambda's retries may help) or `Refused` (fix, then redrive from the DLQ).
+/// `Transient` (Lambda's retries may help), `Refused` or `InvalidTemplate` (fix, then redrive
+/// from the DLQ), see [`HandlerError::error_type`].
 fn error_diagnostic(error: &HandlerError) -> Diagnostic {
-    let kind = match error {
-        HandlerError::Transient(_) => "Transient",
-        HandlerError::Refused(_) => "Refused",
-        HandlerError::Encode(_) => "Encode",
-    };
-    diagnostic(kind, error)
+    diagnostic(error.error_type(), error)
 }

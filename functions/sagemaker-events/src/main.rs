@@ -65,12 +65,8 @@ fn diagnostic(error_type: &str, error: &dyn std::fmt::Display) -> Diagnostic {
     }
 }
 
-/// `Transient` (Lambda's retries may help) or `Refused` (fix, then redrive from the DLQ).
+/// `Transient` (Lambda's retries may help), `Refused` or `InvalidTemplate` (fix, then redrive
+/// from the DLQ), see [`HandlerError::error_type`].
 fn error_diagnostic(error: &HandlerError) -> Diagnostic {
-    let kind = match error {
-        HandlerError::Transient(_) => "Transient",
-        HandlerError::Refused(_) => "Refused",
-        HandlerError::Encode(_) => "Encode",
-    };
-    diagnostic(kind, error)
+    diagnostic(error.error_type(), error)
 }

@@ -10,17 +10,20 @@
 //! 3. `decide` (the control crate's `ec2` table).
 //! 4. For an interruption warning (not a rebalance recommendation: advisory and noisy) of a run
 //!    with a checkpoint URI, validate the run's checkpoints. A validation the role may not do
-//!    (AccessDenied: the shipped template grants this function no checkpoint reads) or a
-//!    non-S3 URI is recorded as `checkpoint_error`, not a failure: the interruption record
-//!    matters more, and the warning's value expires in two minutes.
-//! 5. Record the interruption in the ledger, then publish "Checkpoint Validation Failed" (corrupt
-//!    checkpoints) and, when the run names a continuation, "Training Run Continuation Planned"
-//!    with the plan (deterministic name from the run and the instance) and the newest valid
-//!    checkpoint.
+//!    (AccessDenied) or a non-S3 URI is recorded as `checkpoint_error`, not a failure: the
+//!    interruption record matters more, and the warning's value expires in two minutes.
+//! 5. Record the interruption in the ledger (and corrupt checkpoints).
+//! 6. When the engine planned a continuation and `spotcheck:continue-on` is the `s3://` URI of
+//!    a CreateTrainingJob request template: read it (bounded), build the request
+//!    ([`continuation_request`]: managed spot, the run's checkpoint URI, lineage tags) and
+//!    create the job under the plan's deterministic name, so that `ResourceInUse` from a
+//!    duplicate warning means "already done". Any other `continue-on` value is left to the
+//!    user's automation.
+//! 7. Publish "Checkpoint Validation Failed" (corrupt checkpoints) and "Training Run Continued"
+//!    (created) or "Training Run Continuation Planned" (left to a subscriber).
 //!
-//! It creates no job: the function's role has no launch permissions (see `docs/lambdas.md`
-//! for what a creating variant would need); whatever starts the replacement subscribes to the
-//! continuation event.
+//! An unusable template is [`HandlerError::Template`] — after the interruption was recorded —
+//! so the event lands in the DLQ with its alarm and a redrive after the fix creates the job.
 
 use serde::Serialize;
 use spotcheck_control::events::{parse_event, Parsed, Signal};
@@ -31,17 +34,24 @@ use super::{
     LedgerEntry, LogSink, Outcome,
 };
 use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError};
+use crate::continuation::{
+    continuation_request, parse_template, template_location, Template, TemplateError,
+    MAX_TEMPLATE_BYTES,
+};
 use crate::error::ErrorKind;
-use crate::events::{continuation_entry, EventSink};
+use crate::events::{continuation_entry, continued_entry, EventSink};
 use crate::instances::InstanceTags;
 use crate::ledger::{keys, Ledger};
+use crate::sagemaker::{Created, TrainingJobs};
 
-/// The handler of the `ec2-spot-events` function, generic over its four adapters.
+/// The handler of the `ec2-spot-events` function, generic over its five adapters.
 #[derive(Clone, Debug)]
-pub struct Ec2Handler<I, C, L, E> {
+pub struct Ec2Handler<I, J, C, L, E> {
     /// Instance tags.
     pub instances: I,
-    /// Checkpoint prefixes in S3.
+    /// CreateTrainingJob, for continuations.
+    pub jobs: J,
+    /// Checkpoint prefixes and continuation templates in S3.
     pub checkpoints: C,
     /// The ledger.
     pub ledger: L,
@@ -59,9 +69,10 @@ struct InterruptionFacts<'a> {
     checkpoint_error: Option<&'a str>,
 }
 
-impl<I, C, L, E> Ec2Handler<I, C, L, E>
+impl<I, J, C, L, E> Ec2Handler<I, J, C, L, E>
 where
     I: InstanceTags + Sync,
+    J: TrainingJobs + Sync,
     C: CheckpointStore + Sync,
     L: Ledger + Sync,
     E: EventSink + Sync,
@@ -171,14 +182,73 @@ where
 
         let mut events = Vec::new();
         record_corrupt(&self.ledger, j, &interruption.run, now, &mut events).await?;
+        let mut outcome = Outcome::Recorded;
         if let Some(plan) = &interruption.continuation {
-            events.push(continuation_entry(
-                plan,
-                validation.as_ref(),
-                checkpoint_error.as_deref(),
-            )?);
+            let checkpoint_error = checkpoint_error.as_deref();
+            match template_location(&plan.continue_on) {
+                None => {
+                    j.effect(format!(
+                        "{} is not an s3:// request template: the plan is published for a \
+                         subscriber to act on",
+                        plan.continue_on
+                    ));
+                    events.push(continuation_entry(
+                        plan,
+                        validation.as_ref(),
+                        checkpoint_error,
+                    )?);
+                }
+                Some(location) => {
+                    let template = self.template(&plan.continue_on, location).await?;
+                    let resume_step = validation
+                        .as_ref()
+                        .and_then(|v| v.summary.latest_valid_step);
+                    let request = continuation_request(&template, plan, resume_step);
+                    let arn = match self.jobs.create(request).await? {
+                        Created::New { arn } => {
+                            j.effect(format!("created {} ({arn})", plan.name));
+                            outcome = Outcome::Relaunched;
+                            Some(arn)
+                        }
+                        Created::AlreadyExists => {
+                            j.effect(format!(
+                                "{} already exists: an earlier delivery created it",
+                                plan.name
+                            ));
+                            outcome = Outcome::AlreadyRelaunched;
+                            None
+                        }
+                    };
+                    events.push(continued_entry(
+                        plan,
+                        validation.as_ref(),
+                        checkpoint_error,
+                        arn.as_deref(),
+                    )?);
+                }
+            }
         }
         publish(&self.events, j, events).await?;
-        Ok(Outcome::Recorded)
+        Ok(outcome)
+    }
+
+    /// Reads and parses the request template at `uri` (already split into `location`).
+    async fn template(
+        &self,
+        uri: &str,
+        location: Result<(String, String), TemplateError>,
+    ) -> Result<Template, HandlerError> {
+        let unusable = |problem| HandlerError::Template {
+            uri: uri.to_owned(),
+            problem,
+        };
+        let (bucket, key) = location.map_err(unusable)?;
+        // One byte over the limit tells "too large" from "exactly the limit".
+        let bytes = self
+            .checkpoints
+            .get_head_bytes(&bucket, &key, MAX_TEMPLATE_BYTES + 1)
+            .await?
+            .ok_or_else(|| unusable(TemplateError::Missing))?;
+        parse_template(&bytes).map_err(unusable)
     }
 }

@@ -14,13 +14,15 @@
 //! | decision carried out (or already carried out by an earlier delivery) | `Ok` | done |
 //! | an AWS call still failing after the SDK's retries with a transient kind (throttling, 5xx, timeout) | [`HandlerError::Transient`] | `Err`: Lambda retries (twice), then the DLQ |
 //! | AWS refused an action for a reason retrying cannot fix (IAM, validation, quota) | [`HandlerError::Refused`] | `Err`: it lands in the DLQ with its alarm; fix, then redrive |
+//! | an EC2 run's continuation template is unusable (missing, too large, unsupported) | [`HandlerError::Template`] | `Err`, the same way |
 //!
 //! Refusals are errors, not acknowledgements, because each one is an opted-in job left
 //! unrecovered or a record lost: the DLQ and the `Errors` alarm make it visible, and a redrive
 //! after the fix completes the work. Lambda's two automatic retries of a refusal are wasted but
 //! harmless, because every action is idempotent:
 //!
-//! - a relaunch asks for the deterministic name of the plan; `ResourceInUse` means done;
+//! - a relaunch or continuation asks for the deterministic name of the plan; `ResourceInUse`
+//!   means done;
 //! - ledger records are written once at deterministic keys (`If-None-Match: *`);
 //! - events are published after the action and the record succeeded, on every delivery that
 //!   gets that far: **at least once**, so subscribers must tolerate duplicates;
@@ -41,6 +43,7 @@ use spotcheck_control::outputs::{EventEntry, OutputEvent};
 use spotcheck_control::{Decision, Policy, PriceTable, Timestamp};
 
 use crate::checkpoints::{CheckpointValidation, ValidationOptions};
+use crate::continuation::TemplateError;
 use crate::error::AwsError;
 use crate::events::EventSink;
 use crate::ledger::{keys, Ledger, Written};
@@ -94,6 +97,18 @@ pub enum HandlerError {
     /// AWS refused for a reason retrying cannot fix: fix it, then redrive from the DLQ.
     #[error("AWS refused; fix the cause, then redrive the event from the DLQ: {0}")]
     Refused(AwsError),
+    /// The run's continuation template (`spotcheck:continue-on`) cannot be used: fix it (or
+    /// the tag), then redrive the event from the DLQ.
+    #[error(
+        "continuation template {uri} is unusable ({problem}); fix it, then redrive the event \
+         from the DLQ"
+    )]
+    Template {
+        /// The `s3://` URI the instance's tag names.
+        uri: String,
+        /// What is wrong with it.
+        problem: TemplateError,
+    },
     /// A record or event could not be serialised (a bug, not an AWS failure).
     #[error("cannot serialise a record: {0}")]
     Encode(#[from] serde_json::Error),
@@ -103,6 +118,16 @@ impl HandlerError {
     /// Whether Lambda's automatic retries may help.
     pub fn is_transient(&self) -> bool {
         matches!(self, HandlerError::Transient(_))
+    }
+
+    /// The Lambda error type reported for it (what the DLQ message and the logs show).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            HandlerError::Transient(_) => "Transient",
+            HandlerError::Refused(_) => "Refused",
+            HandlerError::Template { .. } => "InvalidTemplate",
+            HandlerError::Encode(_) => "Encode",
+        }
     }
 }
 
@@ -133,9 +158,9 @@ pub enum Outcome {
     JobNotFound,
     /// A `spotcheck:*` lineage tag is invalid; acknowledged.
     InvalidInput,
-    /// A relaunch was created.
+    /// A relaunch (SageMaker) or a continuation (EC2) was created.
     Relaunched,
-    /// The relaunch already existed (an earlier delivery created it).
+    /// The relaunch or continuation already existed (an earlier delivery created it).
     AlreadyRelaunched,
     /// The decision's record was written (or already present).
     Recorded,

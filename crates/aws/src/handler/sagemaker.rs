@@ -35,7 +35,7 @@ use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError}
 use crate::error::ErrorKind;
 use crate::events::EventSink;
 use crate::ledger::{keys, Ledger, Written};
-use crate::sagemaker::{Created, TrainingJobs};
+use crate::sagemaker::{relaunch_request, Created, TrainingJobs};
 
 /// The handler of the `sagemaker-events` function, generic over its four adapters.
 #[derive(Clone, Debug)]
@@ -207,7 +207,8 @@ where
         let outcome = match &decision.action {
             Action::Ignore => Outcome::Ignored,
             Action::Relaunch(plan) => {
-                let outcome = match self.jobs.create_relaunch(&described.output, plan).await? {
+                let request = relaunch_request(&described.output, plan);
+                let outcome = match self.jobs.create(request).await? {
                     Created::New { arn } => {
                         j.effect(format!("created {} ({arn})", plan.job_name));
                         Outcome::Relaunched

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
+use aws_sdk_sagemaker::operation::create_training_job::builders::CreateTrainingJobInputBuilder;
 use aws_sdk_sagemaker::operation::create_training_job::CreateTrainingJobInput;
 use aws_sdk_sagemaker::operation::describe_training_job::DescribeTrainingJobOutput;
 use aws_sdk_sagemaker::primitives::DateTime;
@@ -15,11 +16,11 @@ use aws_sdk_sagemaker::types::{
 };
 use serde_json::Value;
 use spotcheck_aws::{
-    job_facts, relaunch_request, AwsError, CheckpointStore, Created, Described, ErrorKind,
-    EventSink, HeadResult, InstanceTags, Ledger, ListedObject, LogSink, TrainingJobs, Written,
+    job_facts, AwsError, CheckpointStore, Created, Described, ErrorKind, EventSink, HeadResult,
+    InstanceTags, Ledger, ListedObject, LogSink, TrainingJobs, Written,
 };
 use spotcheck_control::outputs::EventEntry;
-use spotcheck_control::{RelaunchPlan, Tags, Timestamp};
+use spotcheck_control::{Tags, Timestamp};
 use spotcheck_protocol::FileDigest;
 
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/");
@@ -90,6 +91,8 @@ pub struct FakeJobs {
     pub tags: Mutex<HashMap<String, Tags>>,
     /// Every request that created a job, in order.
     pub created: Mutex<Vec<CreateTrainingJobInput>>,
+    /// The name of every CreateTrainingJob request that got past failure injection.
+    pub requested: Mutex<Vec<String>>,
     pub fail: Failures,
     pub calls: Calls,
 }
@@ -161,31 +164,28 @@ impl TrainingJobs for FakeJobs {
             .unwrap_or_default())
     }
 
-    async fn create_relaunch(
-        &self,
-        parent: &DescribeTrainingJobOutput,
-        plan: &RelaunchPlan,
-    ) -> Result<Created, AwsError> {
+    async fn create(&self, request: CreateTrainingJobInputBuilder) -> Result<Created, AwsError> {
         self.calls.add("CreateTrainingJob");
         self.fail.take("CreateTrainingJob")?;
-        let input = relaunch_request(parent, plan)
-            .build()
-            .expect("valid request");
+        let input = request.build().expect("a request that builds");
+        let name = input
+            .training_job_name()
+            .expect("a named request")
+            .to_owned();
+        self.requested.lock().unwrap().push(name.clone());
         let mut jobs = self.jobs.lock().unwrap();
-        if jobs.contains_key(&plan.job_name) {
+        if jobs.contains_key(&name) {
             // SageMaker's ResourceInUse, as the SDK adapter maps it.
             return Ok(Created::AlreadyExists);
         }
         let created = DescribeTrainingJobOutput::builder()
-            .training_job_name(&plan.job_name)
-            .training_job_arn(arn(&plan.job_name))
+            .training_job_name(&name)
+            .training_job_arn(arn(&name))
             .training_job_status(TrainingJobStatus::InProgress)
             .build();
-        jobs.insert(plan.job_name.clone(), created);
+        jobs.insert(name.clone(), created);
         self.created.lock().unwrap().push(input);
-        Ok(Created::New {
-            arn: arn(&plan.job_name),
-        })
+        Ok(Created::New { arn: arn(&name) })
     }
 }
 
@@ -625,4 +625,20 @@ pub fn list_tags_fixture(name: &str) -> Tags {
 pub fn detail(fixture: &str) -> Value {
     let event: Value = serde_json::from_slice(&event(fixture)).unwrap();
     event["detail"].clone()
+}
+
+/// `(field, is set)` for each top-level field of a struct's pretty `Debug` rendering (derived
+/// Debug: one field per line, indented four spaces; nested values are indented further).
+pub fn top_level_fields(debug: &str) -> Vec<(String, bool)> {
+    debug
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("    ")?;
+            let (name, value) = rest.split_once(": ")?;
+            let is_field = name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            (is_field && !name.is_empty()).then(|| (name.to_owned(), value != "None,"))
+        })
+        .collect()
 }

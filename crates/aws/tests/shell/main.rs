@@ -1,7 +1,9 @@
 //! One integration-test binary for the shell: in-memory fakes of the adapter traits
-//! ([`fakes`]), real-shaped fixtures, and the handler, relaunch and validation tests.
+//! ([`fakes`]), real-shaped fixtures, and the handler, relaunch, continuation and validation
+//! tests.
 
 mod checkpoints;
+mod continuation;
 mod ec2;
 mod fakes;
 mod relaunch;

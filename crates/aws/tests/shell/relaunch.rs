@@ -8,6 +8,8 @@ use aws_sdk_sagemaker::types::*;
 use spotcheck_aws::relaunch_request;
 use spotcheck_control::{RelaunchCause, RelaunchPlan, Tags};
 
+use crate::fakes::top_level_fields;
+
 fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -289,22 +291,6 @@ fn every_field_is_carried_over_and_the_plan_applied() {
     assert_eq!(tags, plan(true, None).tags);
     // Every required member is present: the request builds.
     request.build().unwrap();
-}
-
-/// `(field, is set)` for each top-level field of a struct's pretty `Debug` rendering (derived
-/// Debug: one field per line, indented four spaces; nested values are indented further).
-fn top_level_fields(debug: &str) -> Vec<(String, bool)> {
-    debug
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("    ")?;
-            let (name, value) = rest.split_once(": ")?;
-            let is_field = name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            (is_field && !name.is_empty()).then(|| (name.to_owned(), value != "None,"))
-        })
-        .collect()
 }
 
 /// CreateTrainingJob fields DescribeTrainingJob does not return (SDK 1.248): the plan supplies
