@@ -2,7 +2,7 @@
 //!
 //! Owns starting and stopping the server ([`EmbeddedS3::start`]), its credentials, and building
 //! SDK clients for any S3 endpoint ([`s3_client`]). What the backend does and does not do
-//! (checked by `tests/local/s3.rs`):
+//! (checked by `crates/local/tests/s3.rs`):
 //!
 //! - PutObject with a CRC-64/NVME checksum (as an algorithm or a value, header or trailer) is
 //!   verified and stored; HeadObject returns it as `ChecksumCRC64NVME` (with or without
