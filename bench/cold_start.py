@@ -6,7 +6,12 @@ time from process start to its first runtime-API request (GET .../invocation/nex
 when the function is ready for its first event (configuration read, SDK clients built, runtime
 loop entered). Static credentials and a region are given so that nothing reaches for IMDS.
 
-Usage: python3 functions/measure-cold-start.py target/release/sagemaker-events [runs]
+Usage: python3 bench/cold_start.py BINARY... [RUNS]   (RUNS defaults to 20)
+
+e.g. python3 bench/cold_start.py target/release/sagemaker-events target/release/ec2-spot-events 20
+
+Prints, per binary, its size and the median, p90 (nearest rank), min and max over RUNS starts,
+after one unmeasured start that warms the page cache. docs/lambdas.md records the results.
 """
 import os
 import socket
@@ -51,16 +56,26 @@ def once(binary: str) -> float:
     return (ready - start) * 1000
 
 
+def p90(samples: list) -> float:
+    """Nearest-rank 90th percentile of sorted samples."""
+    return samples[max(0, -(-len(samples) * 9 // 10) - 1)]
+
+
 def main() -> None:
-    binary = sys.argv[1]
-    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    once(binary)  # warm the page cache
-    samples = sorted(once(binary) for _ in range(runs))
-    print(
-        f"{os.path.basename(binary)}: {os.path.getsize(binary)} bytes; process start -> first "
-        f"/next request over {runs} runs: median {statistics.median(samples):.1f} ms, "
-        f"min {samples[0]:.1f} ms, max {samples[-1]:.1f} ms"
-    )
+    args = sys.argv[1:]
+    runs = 20
+    if args and args[-1].isdigit():
+        runs = int(args.pop())
+    if not args or runs < 1:
+        raise SystemExit(__doc__)
+    for binary in args:
+        once(binary)  # warm the page cache
+        samples = sorted(once(binary) for _ in range(runs))
+        print(
+            f"{os.path.basename(binary)}: {os.path.getsize(binary)} bytes; process start -> first "
+            f"/next request over {runs} runs: median {statistics.median(samples):.1f} ms, "
+            f"p90 {p90(samples):.1f} ms, min {samples[0]:.1f} ms, max {samples[-1]:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
