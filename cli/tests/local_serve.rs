@@ -111,13 +111,18 @@ fn the_aws_cli_creates_describes_and_stops_a_job_that_trains_and_is_interrupted(
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _server = Server(child);
-    let endpoint = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            l.strip_prefix("SageMaker endpoint:")
-                .map(|e| e.trim().to_owned())
-        })
+    // Keep draining the server's stdout for its whole life: a closed pipe would kill it at its
+    // next line.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(e) = line.strip_prefix("SageMaker endpoint:") {
+                let _ = tx.send(e.trim().to_owned());
+            }
+        }
+    });
+    let endpoint = rx
+        .recv_timeout(Duration::from_secs(60))
         .expect("the server printed no endpoint");
 
     let request = json!({
