@@ -85,13 +85,15 @@ pub mod keys {
         format!("give-ups/{}/{}.json", segment(root), segment(job))
     }
 
-    /// `checkpoint-validations/<job or run>/<event key>.json`: a validation that found corrupt
-    /// checkpoints.
-    pub fn checkpoint_validation(name: &str, event_key: &str) -> String {
+    /// `checkpoint-validations/<job or run>/<newest corrupt checkpoint>.json`: a validation
+    /// that found corrupt checkpoints. Keyed by what was found, not by the event, so the several
+    /// events SageMaker may send for one state change record it once; a checkpoint that turns
+    /// corrupt later is a new record.
+    pub fn checkpoint_validation(name: &str, newest_corrupt: &str) -> String {
         format!(
             "checkpoint-validations/{}/{}.json",
             segment(name),
-            segment(event_key)
+            segment(newest_corrupt)
         )
     }
 }
@@ -153,5 +155,9 @@ mod tests {
         assert_eq!(segment(""), "_");
         assert_eq!(user_stop("x"), "stops/jobs/x.json");
         assert_eq!(give_up("r/1", "j"), "give-ups/r_1/j.json");
+        assert_eq!(
+            checkpoint_validation("job", "algo-1/step-000000001300"),
+            "checkpoint-validations/job/algo-1_step-000000001300.json"
+        );
     }
 }

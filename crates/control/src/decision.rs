@@ -423,8 +423,9 @@ fn training_job(input: &DecisionInput, event_job: &JobFacts) -> Decision {
     }
 }
 
-/// Why the event no longer describes the job, if it does not.
-fn staleness(event: &JobFacts, current: &JobFacts) -> Option<String> {
+/// Why the event no longer describes the job, if it does not: then the engine ignores it, and
+/// a shell can skip gathering inputs (checkpoint validation) for it.
+pub fn staleness(event: &JobFacts, current: &JobFacts) -> Option<String> {
     if let (Some(seen), Some(now)) = (&event.status, &current.status) {
         if seen != now {
             return Some(format!(

@@ -13,7 +13,11 @@
 //!    (AccessDenied) or a non-S3 URI is recorded as `checkpoint_error`, not a failure: the
 //!    interruption record matters more, and the warning's value expires in two minutes.
 //! 5. Record the interruption in the ledger (and corrupt checkpoints).
-//! 6. When the engine planned a continuation and `spotcheck:continue-on` is the `s3://` URI of
+//! 6. Gate a planned continuation on what validation found (`gate_continuation`: training
+//!    finished → nothing to continue; no valid checkpoint → the `without_checkpoint` policy,
+//!    which may give up: recorded at `give-ups/<run>/<continuation>.json` and announced as
+//!    "Recovery Gave Up").
+//!    When it goes ahead and `spotcheck:continue-on` is the `s3://` URI of
 //!    a CreateTrainingJob request template: read it (bounded), build the request
 //!    ([`continuation_request`]: managed spot, the run's checkpoint URI, lineage tags) and
 //!    create the job under the plan's deterministic name, so that `ResourceInUse` from a
@@ -26,8 +30,12 @@
 //! so the event lands in the DLQ with its alarm and a redrive after the fix creates the job.
 
 use serde::Serialize;
+use spotcheck_control::ec2::{gate_continuation, ContinuationVerdict};
 use spotcheck_control::events::{parse_event, Parsed, Signal};
-use spotcheck_control::{decide, Action, CheckpointSummary, DecisionInput, Record, Timestamp};
+use spotcheck_control::outputs::OutputEvent;
+use spotcheck_control::{
+    decide, Action, CheckpointSummary, Decision, DecisionInput, Record, Timestamp,
+};
 
 use super::{
     publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError, Journal,
@@ -185,6 +193,39 @@ where
         let mut outcome = Outcome::Recorded;
         if let Some(plan) = &interruption.continuation {
             let checkpoint_error = checkpoint_error.as_deref();
+            let summary = validation.as_ref().map(|v| &v.summary);
+            let from_step = match gate_continuation(plan, summary, &self.config.policy, &tags) {
+                // The decision's reason already says where the run continues.
+                ContinuationVerdict::Continue { from_step, .. } => from_step,
+                ContinuationVerdict::Finished { reason } => {
+                    j.effect(reason);
+                    publish(&self.events, j, events).await?;
+                    return Ok(outcome);
+                }
+                ContinuationVerdict::GiveUp { give_up, reason } => {
+                    j.effect(reason.clone());
+                    let gave_up = Decision {
+                        action: Action::GiveUp(give_up.clone()),
+                        reason,
+                        event_key: decision.event_key.clone(),
+                    };
+                    let body = serde_json::to_vec(&LedgerEntry::new(
+                        "recovery_gave_up",
+                        now,
+                        j,
+                        &give_up,
+                    ))?;
+                    let key = keys::give_up(&give_up.root, &give_up.job_name);
+                    write_record(&self.ledger, j, &key, body).await?;
+                    events.extend(
+                        OutputEvent::from_decision(&gave_up)
+                            .map(|e| e.entry())
+                            .transpose()?,
+                    );
+                    publish(&self.events, j, events).await?;
+                    return Ok(Outcome::GaveUp);
+                }
+            };
             match template_location(&plan.continue_on) {
                 None => {
                     j.effect(format!(
@@ -200,10 +241,7 @@ where
                 }
                 Some(location) => {
                     let template = self.template(&plan.continue_on, location).await?;
-                    let resume_step = validation
-                        .as_ref()
-                        .and_then(|v| v.summary.latest_valid_step);
-                    let request = continuation_request(&template, plan, resume_step);
+                    let request = continuation_request(&template, plan, from_step);
                     let arn = match self.jobs.create(request).await? {
                         Created::New { arn } => {
                             j.effect(format!("created {} ({arn})", plan.name));

@@ -315,10 +315,10 @@ async fn record_corrupt<L: Ledger>(
     else {
         return Ok(());
     };
-    let Some(event_key) = journal.event_key.as_deref() else {
+    let Some(newest_corrupt) = validation.corrupt().next() else {
         return Ok(());
     };
-    let key = keys::checkpoint_validation(name, event_key);
+    let key = keys::checkpoint_validation(name, &newest_corrupt.name);
     let body = serde_json::to_vec(&LedgerEntry::new(
         "checkpoint_validation_failed",
         now,

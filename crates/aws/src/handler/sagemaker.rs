@@ -9,7 +9,8 @@
 //!    DescribeTrainingJob is not even called (IAM would deny it).
 //! 3. DescribeTrainingJob: the authoritative state (events are duplicated, late, out of order).
 //!    AccessDenied → not opted in as far as IAM is concerned: acknowledged.
-//! 4. For a Stopped or Failed job with a `CheckpointConfig`: validate its checkpoint prefix.
+//! 4. For a Stopped or Failed job with a `CheckpointConfig`, unless the event is stale: validate
+//!    its checkpoint prefix.
 //! 5. `decide`.
 //! 6. Act: CreateTrainingJob (relaunch), ledger records (savings per job and per lineage,
 //!    interruptions, user stops, give-ups, corrupt checkpoints), then events and EMF lines.
@@ -18,6 +19,7 @@
 //! `spotcheck:root`) and each deterministic relaunch name `relaunch_name(root, a)` for
 //! `a = 2..attempt`; an attempt that cannot be described is listed as skipped.
 
+use spotcheck_control::decision::staleness;
 use spotcheck_control::events::{parse_event, Parsed, Signal};
 use spotcheck_control::naming::relaunch_name;
 use spotcheck_control::outputs::{job_savings_metrics, lineage_savings_metrics, OutputEvent};
@@ -166,9 +168,10 @@ where
         };
         let facts = described.facts.clone().with_tags(&tags);
 
-        // 4. Checkpoints, when the decision can depend on them.
+        // 4. Checkpoints, when the decision can depend on them (not for a stale event, which
+        //    the engine ignores whatever they hold).
         let mut summary = CheckpointSummary::default();
-        if needs_checkpoints(&facts) {
+        if needs_checkpoints(&facts) && staleness(event_job, &facts).is_none() {
             if let Some(uri) = facts.checkpoint_uri() {
                 match validate_checkpoints(&self.checkpoints, uri, self.config.validation).await {
                     Ok(validation) => {

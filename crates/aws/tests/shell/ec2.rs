@@ -471,8 +471,7 @@ async fn a_corrupt_checkpoint_on_a_warning_is_recorded_and_announced() {
     );
     let log = MemoryLog::default();
     handle(&h, TERMINATE, &log).await.unwrap();
-    let validation_key =
-        "checkpoint-validations/llm-sft/spot-itn-7de15f09-82c4-4fcc-a493-c1af089e97a2.json";
+    let validation_key = "checkpoint-validations/llm-sft/algo-1_step-000000001300.json";
     assert_eq!(h.ledger.keys(), [validation_key, RECORD_KEY]);
     let record = h.ledger.json(validation_key);
     assert_eq!(record["kind"], "checkpoint_validation_failed");
@@ -518,4 +517,81 @@ async fn transient_failures_are_retried_and_refusals_dead_lettered() {
     let err = handle(&h, TERMINATE, &log).await.unwrap_err();
     assert!(matches!(err, HandlerError::Refused(_)));
     assert_eq!(log.decision(1)["retryable"], false);
+}
+
+#[tokio::test]
+async fn without_a_valid_checkpoint_the_policy_decides_whether_the_run_continues() {
+    let name = continuation_name("llm-sft", INSTANCE);
+    let give_up_key = format!("give-ups/llm-sft/{name}.json");
+
+    // Default policy (restart-from-scratch): continued, with no resume step.
+    let h = handler(RUN);
+    put_template(&h, &template_bytes());
+    let log = MemoryLog::default();
+    let handled = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(handled.outcome, Outcome::Relaunched);
+    let request = h.jobs.only_created();
+    let tags: Tags = request
+        .tags()
+        .iter()
+        .map(|t| (t.key.clone().unwrap(), t.value.clone().unwrap()))
+        .collect();
+    assert_eq!(tags.get("spotcheck:resume-step"), None);
+
+    // The instance's tag says give up: recorded and announced, nothing created.
+    let strict: Vec<(&str, &str)> = RUN
+        .iter()
+        .copied()
+        .chain([("spotcheck:without-checkpoint", "give-up")])
+        .collect();
+    let h = handler(&strict);
+    put_template(&h, &template_bytes());
+    let log = MemoryLog::default();
+    let handled = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(handled.outcome, Outcome::GaveUp);
+    assert_eq!(h.jobs.calls.get("CreateTrainingJob"), 0);
+    assert!(
+        h.checkpoints.gets.lock().unwrap().is_empty(),
+        "template not even read"
+    );
+    assert_eq!(
+        h.ledger.keys(),
+        [give_up_key.clone(), RECORD_KEY.to_owned()]
+    );
+    let record = h.ledger.json(&give_up_key);
+    assert_eq!(record["kind"], "recovery_gave_up");
+    assert_eq!(record["cause"], "no_checkpoint");
+    assert_eq!(record["root"], "llm-sft");
+    assert_eq!(h.events.detail_types(), ["Recovery Gave Up"]);
+    assert_eq!(h.events.detail(0)["job_name"], name.as_str());
+    let line = log.decision(1);
+    assert_eq!(line["outcome"], "gave_up");
+    assert!(line["effects"][1]
+        .as_str()
+        .unwrap()
+        .contains("no checkpoint is valid and policy without_checkpoint = give-up"));
+
+    // Redelivered: the same record, still nothing created.
+    let again = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(again.outcome, Outcome::GaveUp);
+    assert_eq!(h.ledger.keys(), [give_up_key, RECORD_KEY.to_owned()]);
+    assert_eq!(h.jobs.calls.get("CreateTrainingJob"), 0);
+}
+
+#[tokio::test]
+async fn a_finished_run_is_not_continued() {
+    let h = handler(RUN);
+    put_template(&h, &template_bytes());
+    put_checkpoint(&h.checkpoints, "algo-1", 5000, true);
+    let log = MemoryLog::default();
+    let handled = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(handled.outcome, Outcome::Recorded);
+    assert_eq!(h.jobs.calls.get("CreateTrainingJob"), 0);
+    assert_eq!(h.ledger.keys(), [RECORD_KEY]);
+    assert!(h.events.detail_types().is_empty());
+    let line = log.decision(1);
+    assert!(line["effects"][1]
+        .as_str()
+        .unwrap()
+        .contains("marks training finished"));
 }

@@ -487,6 +487,12 @@ async fn stale_and_uneventful_states_do_nothing() {
     assert_eq!(handled.outcome, Outcome::Ignored);
     assert!(handled.decision.unwrap().reason.contains("stale"));
     assert_eq!(h.jobs.calls.get("CreateTrainingJob"), 0);
+    assert_eq!(
+        h.checkpoints.calls.total(),
+        0,
+        "no validation for a stale event"
+    );
+    assert!(handled.checkpoints.is_none());
     assert!(h.ledger.keys().is_empty());
     assert_eq!(h.events.calls.total(), 0);
     assert_eq!(log.decision(1)["outcome"], "ignored");
@@ -749,8 +755,7 @@ async fn a_corrupt_checkpoint_is_recorded_announced_and_skipped() {
     assert_eq!(validation.summary.latest_valid_step, Some(1200));
     assert!(validation.summary.any_corrupt);
 
-    let key =
-        "checkpoint-validations/resnet50-spot/sagemaker-3fad1b5b-4e80-4b88-a03f-8d4b6b4a5d04.json";
+    let key = "checkpoint-validations/resnet50-spot/algo-1_step-000000001300.json";
     assert_eq!(h.ledger.keys(), [key]);
     let record = h.ledger.json(key);
     assert_eq!(record["kind"], "checkpoint_validation_failed");
@@ -795,6 +800,15 @@ async fn a_corrupt_checkpoint_is_recorded_announced_and_skipped() {
     assert_eq!(h.jobs.created_names().len(), 1);
     assert_eq!(h.ledger.keys(), [key]);
     log.decision(2);
+
+    // SageMaker's second event for the same state change (another id): still one record.
+    let mut other: Value =
+        serde_json::from_slice(&event("sagemaker-stopped-maxwait.json")).unwrap();
+    other["id"] = Value::from("a-second-event-for-the-same-change");
+    let bytes = serde_json::to_vec(&other).unwrap();
+    let third = h.handle(&bytes, now(), &log).await.unwrap();
+    assert_eq!(third.outcome, Outcome::AlreadyRelaunched);
+    assert_eq!(h.ledger.keys(), [key]);
 }
 
 #[tokio::test]
