@@ -312,7 +312,8 @@ async fn a_lost_create_response_is_retried_into_resource_in_use_never_a_second_j
 
 /// A ledger write that keeps failing (503 SlowDown): transient error, no record; the redrive
 /// writes it once (and prints its metric once); another redrive finds it present. A lost
-/// PutObject response is retried into 412 and also leaves exactly one record.
+/// PutObject response is retried into 412 from its own write: exactly one record, still
+/// counted as new (its metric printed once), and a redelivery finds it present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_writes_survive_slowdown_and_lost_responses_with_one_record() {
     let rig = Rig::start(Tuning::lambda_fast_backoff().await).await;
@@ -363,13 +364,42 @@ async fn ledger_writes_survive_slowdown_and_lost_responses_with_one_record() {
         .local
         .event_for(&other, "Completed", "Completed", Duration::from_secs(60))
         .await;
+    rig.localstack.reset_seen();
     rig.localstack
         .inject(FaultRule::operation("PutObject", Fault::ForwardThenFail(500)).times(1));
     let out = rig
         .handle(&serde_json::to_vec(&event).expect("JSON"))
         .await
-        .expect("the retry meets 412 and counts the record as present");
+        .expect("the retry meets 412 from its own write");
     assert_eq!(out.outcome, Outcome::Recorded, "{:?}", out.effects);
+    assert_eq!(
+        rig.localstack.count("PutObject"),
+        2,
+        "the write and its retry"
+    );
+    assert_eq!(
+        rig.localstack.count("HeadObject"),
+        1,
+        "the 412 checked once"
+    );
+    assert!(
+        out.effects
+            .iter()
+            .any(|e| e == &format!("ledger savings/jobs/{other}.json: new")),
+        "the write id in its metadata shows the record is this write's: {:?}",
+        out.effects
+    );
+    assert_eq!(rig.lines.emf(), 2, "its metric is printed, once");
+    let out = rig
+        .handle(&serde_json::to_vec(&event).expect("JSON"))
+        .await
+        .expect("redelivery");
+    assert!(
+        out.effects.iter().any(|e| e.ends_with("already present")),
+        "another invocation's write id: {:?}",
+        out.effects
+    );
+    assert_eq!(rig.lines.emf(), 2, "not counted twice");
     let mut keys = vec![key, format!("spotcheck/savings/jobs/{other}.json")];
     keys.sort();
     assert_eq!(rig.ledger_keys().await, keys, "one record each");

@@ -9,6 +9,11 @@
 //! may legitimately differ between deliveries (prices, the time it was recorded) and the
 //! ledger bucket is versioned: overwriting would pile up versions of the same fact.
 //!
+//! A PutObject whose answer is lost is retried by the SDK and meets 412 from its own write.
+//! To report that as [`Written::New`] (so its EMF metric is still printed once), every write
+//! carries a random id in its object metadata (`x-amz-meta-spotcheck-write-id`); on 412 a
+//! HeadObject compares it: our id → `New`, another → `AlreadyPresent`.
+//!
 //! Keys are relative to the configured prefix (`SPOTCHECK_LEDGER_PREFIX`); every variable
 //! segment is reduced to `[A-Za-z0-9._-]` (others become `_`) so that tag-supplied run names
 //! cannot escape their folder.
@@ -123,21 +128,42 @@ impl S3Ledger {
     }
 }
 
+/// The object metadata key (without `x-amz-meta-`) holding a write's id.
+pub const WRITE_ID_METADATA: &str = "spotcheck-write-id";
+
 impl Ledger for S3Ledger {
     async fn write_once(&self, key: &str, body: Vec<u8>) -> Result<Written, AwsError> {
+        let key = format!("{}{key}", self.prefix);
+        let write_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let sent = self
             .client
             .put_object()
             .bucket(&self.bucket)
-            .key(format!("{}{key}", self.prefix))
+            .key(&key)
             .content_type("application/json")
+            .metadata(WRITE_ID_METADATA, &write_id)
             .if_none_match("*")
             .body(aws_sdk_s3::primitives::ByteStream::from(body))
             .send()
             .await;
         match sent.map_err(|e| AwsError::from_sdk("PutObject", e)) {
             Ok(_) => Ok(Written::New),
-            Err(e) if e.kind == ErrorKind::AlreadyExists => Ok(Written::AlreadyPresent),
+            Err(e) if e.kind == ErrorKind::AlreadyExists => {
+                let head = self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk("HeadObject", e))?;
+                let found = head.metadata().and_then(|m| m.get(WRITE_ID_METADATA));
+                Ok(if found == Some(&write_id) {
+                    Written::New
+                } else {
+                    Written::AlreadyPresent
+                })
+            }
             Err(e) => Err(e),
         }
     }
