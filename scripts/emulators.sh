@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # AWS emulators for the event-replay tests, on loopback, without Docker:
-#   LocalStack 4.3.0 (S3, EventBridge, SQS, STS, IAM, CloudFormation, Logs) on 127.0.0.1:4566
+#   LocalStack 4.3.0 (S3, EventBridge, SQS, EC2, STS, IAM, CloudFormation, Logs) on 127.0.0.1:4566
 #   moto server 5.2.5 (SageMaker; LocalStack's free edition has none)  on 127.0.0.1:5000
 #
 #   scripts/emulators.sh install   create/update .venv-localstack and .venv-moto from the frozen
@@ -32,7 +32,7 @@ STATE=target/emulators
 REQ=tests/python-requirements
 LOCALSTACK_LOCK=$REQ/localstack-4.3.0-py311.lock.txt
 MOTO_LOCK=$REQ/moto.lock.txt
-LOCALSTACK_SERVICES=${SPOTCHECK_LOCALSTACK_SERVICES:-s3,events,sqs,sts,iam,cloudformation,logs}
+LOCALSTACK_SERVICES=${SPOTCHECK_LOCALSTACK_SERVICES:-s3,events,sqs,ec2,sts,iam,cloudformation,logs}
 
 # LocalStack 4.3.0's default (twisted) gateway ignores the host of GATEWAY_LISTEN for IPv4 and
 # listens on 0.0.0.0 ("TODO: interface = host?" in localstack/runtime/server/twisted.py); its
@@ -209,6 +209,7 @@ export AWS_ENDPOINT_URL=$ls
 export AWS_ENDPOINT_URL_S3=$ls
 export AWS_ENDPOINT_URL_EVENTBRIDGE=$ls
 export AWS_ENDPOINT_URL_SQS=$ls
+export AWS_ENDPOINT_URL_EC2=$ls
 export AWS_ENDPOINT_URL_STS=$ls
 export AWS_ENDPOINT_URL_IAM=$ls
 export AWS_ENDPOINT_URL_CLOUDFORMATION=$ls

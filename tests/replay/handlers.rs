@@ -101,7 +101,7 @@ pub async fn seed_checkpoints(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &st
 }
 
 /// An SQS tap on the default bus for spotcheck's own events about jobs named `prefix…`.
-async fn spotcheck_tap(eb: &aws_sdk_eventbridge::Client, sqs: &Sqs, prefix: &str) -> Tap {
+pub async fn spotcheck_tap(eb: &aws_sdk_eventbridge::Client, sqs: &Sqs, prefix: &str) -> Tap {
     Tap::create(
         eb,
         sqs,
@@ -114,7 +114,7 @@ async fn spotcheck_tap(eb: &aws_sdk_eventbridge::Client, sqs: &Sqs, prefix: &str
 }
 
 /// (detail-type, job_name or name) of spotcheck events.
-fn announced(messages: &[Value]) -> Vec<(String, String)> {
+pub fn announced(messages: &[Value]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = messages
         .iter()
         .map(|m| {

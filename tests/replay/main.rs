@@ -8,6 +8,7 @@
 //! | [`routing`] | each fixture (and held-out events) is routed by the rule patterns of `infra/template.yaml` to the right function or to none: TestEventPattern, and PutEvents delivered to SQS taps | LocalStack EventBridge + SQS |
 //! | [`handlers`] | `SageMakerHandler` on real job lifecycles: relaunch configuration and lineage tags, ledger records and lineage summary, spotcheck's events, nothing done twice on replay | local SageMaker service (jobs, states, `ResourceInUse`, billable seconds), LocalStack S3 (checkpoints, ledger), EventBridge → SQS (delivery and spotcheck's events) |
 //! | [`handlers`] (`moto_…`) | the tag gate and Describe against a second SageMaker implementation; moto's gaps | moto server |
+//! | [`ec2`] | `Ec2Handler` for instances launched with a run's tags: DescribeTags maps them to the run, the checkpoints are validated, the continuation is created once from the S3 request template (managed spot, same checkpoint URI, resume step), the give-up policy without a checkpoint, records and announcements | LocalStack EC2 (instances, tags), S3 (checkpoints, template, ledger), EventBridge → SQS; local SageMaker service (the continuation, `ResourceInUse`) |
 //! | [`checkpoints`] | checkpoints written by the real trainer to S3 are judged valid, torn and corrupted variants as such, with no data-object GET | LocalStack S3, the `train` binary |
 //! | [`faults`] | throttling, 5xx and hangs are retried by the SDK (counted), persistent ones end in a transient `Err`, redelivery completes the action exactly once | fault proxy in front of LocalStack and the local SageMaker service |
 //! | [`lambda_runtime`] | the real `sagemaker-events` binary in the Lambda runtime loop: responses, error reports with `errorType` | cargo-lambda's runtime API emulator |
@@ -16,6 +17,7 @@
 //! without them.
 
 mod checkpoints;
+mod ec2;
 mod faults;
 mod handlers;
 mod lambda_runtime;

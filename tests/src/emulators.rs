@@ -38,6 +38,8 @@ pub struct Emulators {
     pub eventbridge: String,
     /// LocalStack's SQS (`AWS_ENDPOINT_URL_SQS`).
     pub sqs: String,
+    /// LocalStack's EC2 (`AWS_ENDPOINT_URL_EC2`): instances and their tags.
+    pub ec2: String,
     /// moto server's SageMaker (`AWS_ENDPOINT_URL_SAGEMAKER`).
     pub moto: String,
 }
@@ -81,11 +83,13 @@ impl Emulators {
             s3: required("AWS_ENDPOINT_URL_S3"),
             eventbridge: required("AWS_ENDPOINT_URL_EVENTBRIDGE"),
             sqs: required("AWS_ENDPOINT_URL_SQS"),
+            ec2: required("AWS_ENDPOINT_URL_EC2"),
             moto: required("AWS_ENDPOINT_URL_SAGEMAKER"),
         };
         check_listening("AWS_ENDPOINT_URL_S3", &e.s3);
         check_listening("AWS_ENDPOINT_URL_EVENTBRIDGE", &e.eventbridge);
         check_listening("AWS_ENDPOINT_URL_SQS", &e.sqs);
+        check_listening("AWS_ENDPOINT_URL_EC2", &e.ec2);
         check_listening("AWS_ENDPOINT_URL_SAGEMAKER", &e.moto);
         e
     }
