@@ -124,7 +124,14 @@ impl Persister {
                             if let Some(s3) = &s3 {
                                 let t = Instant::now();
                                 match s3.upload(&root, &committed) {
-                                    Ok(n) => tracing::info!(event = "s3_uploaded", step, bytes = n, seconds = t.elapsed().as_secs_f64()),
+                                    Ok(n) => {
+                                        tracing::info!(event = "s3_uploaded", step, bytes = n, seconds = t.elapsed().as_secs_f64());
+                                        match s3.prune(&namespace, keep) {
+                                            Ok(0) => {}
+                                            Ok(deleted) => tracing::info!(event = "s3_pruned", step, deleted),
+                                            Err(e) => tracing::warn!(event = "s3_prune_failed", error = %e, "could not prune old checkpoints in S3; the next checkpoint retries"),
+                                        }
+                                    }
                                     Err(e) => tracing::error!(event = "s3_upload_failed", step, error = %e, "checkpoint is durable locally but not in S3; the next checkpoint retries"),
                                 }
                             }

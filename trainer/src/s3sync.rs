@@ -7,7 +7,9 @@
 //! stores as the object's full-object checksum; files over the part size go up as multipart
 //! uploads with a full-object CRC-64/NVME. On start, remote checkpoints are judged from the
 //! manifest and HeadObject checksums alone (no download) and only the newest valid one is
-//! fetched. S3 errors are reported, never fatal to training: the local checkpoint stays.
+//! fetched. After each upload the same retention rules as for the local root prune S3 (this
+//! host's namespace only). S3 errors are reported, never fatal to training: the local
+//! checkpoint stays.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,9 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use spotcheck_protocol::{
-    is_transport_name, judge_at, parse_step_dir_name, step_dir_name, Location, Manifest,
-    ObservedFile, ValidCheckpoint, Verdict, MANIFEST_FILE, MAX_MANIFEST_BYTES, TEMP_SUFFIX,
+    is_transport_name, judge_at, parse_step_dir_name, plan_retention, step_dir_name,
+    CheckpointReport, Location, Manifest, ObservedFile, RetentionAction, ValidCheckpoint, Verdict,
+    MANIFEST_FILE, MAX_MANIFEST_BYTES, TEMP_SUFFIX,
 };
 
 /// Files above this size are uploaded in parts of this size.
@@ -359,6 +362,67 @@ impl S3Sync {
             }
         }
         Ok(None)
+    }
+
+    /// Applies the retention rules (the protocol's `plan_retention`, as for the local root) to
+    /// this host's checkpoints in S3; call it after an upload succeeded. Each remote checkpoint
+    /// is judged from its manifest and HeadObject checksums (no download), so the newest valid
+    /// one in S3 is never deleted, nor anything newer than it (an upload may be in flight).
+    /// Returns how many checkpoints were deleted.
+    pub fn prune(&self, namespace: &str, keep: usize) -> Result<usize, String> {
+        let mut reports = Vec::new();
+        for step in self.remote_steps(namespace)? {
+            let (verdict, _) = self.judge_remote(namespace, step)?;
+            let location = Location {
+                namespace: Some(namespace.to_string()),
+                step,
+            };
+            reports.push(CheckpointReport::new(&location, verdict));
+        }
+        let actions = plan_retention(&reports, keep, &[]);
+        for RetentionAction::Delete { name } in &actions {
+            self.delete_remote(name)?;
+        }
+        Ok(actions.len())
+    }
+
+    /// Deletes every object of the checkpoint `name`, its manifest first, so that an
+    /// interrupted deletion leaves an incomplete checkpoint, never a valid-looking one with
+    /// files missing.
+    fn delete_remote(&self, name: &str) -> Result<(), String> {
+        let prefix = self.uri.key(&format!("{name}/"));
+        let manifest = format!("{prefix}{MANIFEST_FILE}");
+        let mut keys = vec![manifest.clone()];
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.uri.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = self.rt.block_on(pages.next()) {
+            let page = page.map_err(|e| sdk_err("ListObjectsV2", e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .filter(|k| *k != manifest)
+                    .map(str::to_string),
+            );
+        }
+        for key in keys {
+            // Deleting a missing key succeeds in S3, so a repeated prune is harmless.
+            self.rt
+                .block_on(
+                    self.client
+                        .delete_object()
+                        .bucket(&self.uri.bucket)
+                        .key(&key)
+                        .send(),
+                )
+                .map_err(|e| sdk_err(&format!("DeleteObject {key}"), e))?;
+        }
+        Ok(())
     }
 
     fn fetch(&self, root: &Path, name: &str, manifest: &Manifest) -> Result<(), String> {

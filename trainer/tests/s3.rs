@@ -243,3 +243,62 @@ fn a_corrupt_remote_checkpoint_is_skipped_without_downloading_it() {
     assert!(!ck2.join(newest.trim_start_matches("r/")).exists());
     assert!(finals(&m2) == want);
 }
+
+#[test]
+fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
+    let env = s3_env("prune");
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = format!("s3://{}/p", env.bucket);
+    // Another host's checkpoint under the same prefix (all hosts of a job share it).
+    let other = "p/algo-2/step-000000000001/manifest.json";
+    env.rt
+        .block_on(
+            env.s3
+                .put_object()
+                .bucket(&env.bucket)
+                .key(other)
+                .body(ByteStream::from_static(b"{}"))
+                .send(),
+        )
+        .unwrap();
+    let ck = tmp.path().join("ck");
+    // Ten times as many steps as the other tests, so that several checkpoints are written
+    // (one persist at a time: a checkpoint due while one is in flight is skipped).
+    let log = ok(train(&ck, &tmp.path().join("m"), Some(&uri))
+        .args(["--hp", "keep_checkpoints=2", "--hp", "epochs=40"])
+        .output()
+        .unwrap());
+    assert!(log.contains("\"s3_pruned\""), "{log}");
+    let remote = remote_steps(&env, "p/algo-1/");
+    let mut local: Vec<String> = std::fs::read_dir(ck.join("algo-1"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("manifest.json").exists())
+        .map(|e| format!("p/algo-1/{}", e.file_name().to_string_lossy()))
+        .collect();
+    local.sort();
+    assert_eq!(remote.len(), 2, "{remote:?}");
+    assert_eq!(remote, local, "S3 keeps what the local root keeps");
+    // No file of a pruned checkpoint is left behind, and the other host's is untouched.
+    let keys: Vec<String> = env
+        .rt
+        .block_on(
+            env.s3
+                .list_objects_v2()
+                .bucket(&env.bucket)
+                .prefix("p/")
+                .send(),
+        )
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    assert!(keys.contains(&other.to_string()));
+    for key in keys.iter().filter(|k| k.starts_with("p/algo-1/")) {
+        assert!(
+            remote.iter().any(|dir| key.starts_with(&format!("{dir}/"))),
+            "{key} belongs to a pruned checkpoint"
+        );
+    }
+}
