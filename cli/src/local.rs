@@ -203,25 +203,45 @@ pub fn serve(args: Serve) -> Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // A long-running server: a closed terminal or pipe must not kill it, so its output
+        // ignores write errors (println! would panic on one).
         let stack = Stack::start(config, |d| {
             let detail = &d.event["detail"];
-            eprintln!(
+            say_err(&format!(
                 "event: {} {}/{}",
                 detail["TrainingJobName"].as_str().unwrap_or("?"),
                 detail["TrainingJobStatus"].as_str().unwrap_or("?"),
                 detail["SecondaryStatus"].as_str().unwrap_or("?")
-            );
+            ));
         })
         .await?;
-        println!("SageMaker endpoint: {}", stack.sagemaker.endpoint());
-        println!("S3 endpoint:        {}", stack.s3_endpoint);
-        println!("credentials:        AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION={}", stack.service.config().region);
-        println!("example:            aws sagemaker list-training-jobs --endpoint-url {}", stack.sagemaker.endpoint());
+        let endpoint = stack.sagemaker.endpoint();
+        let region = &stack.service.config().region;
+        say(&format!(
+            "SageMaker endpoint: {endpoint}\n\
+             S3 endpoint:        {}\n\
+             credentials:        AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION={region}\n\
+             example:            aws sagemaker list-training-jobs --endpoint-url {endpoint}",
+            stack.s3_endpoint
+        ));
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        eprintln!("stopping");
+        say_err("stopping");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a line to standard output, ignoring a closed pipe or terminal.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
+/// Writes a line to standard error, ignoring a closed pipe or terminal.
+fn say_err(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// Installs `dataset-fashion-mnist` with apt-get when running as root with apt available.

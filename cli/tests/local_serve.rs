@@ -106,24 +106,20 @@ fn the_aws_cli_creates_describes_and_stops_a_job_that_trains_and_is_interrupted(
         .arg("--trace")
         .arg(&trace)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     let _server = Server(child);
-    // Keep draining the server's stdout for its whole life: a closed pipe would kill it at its
-    // next line.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(e) = line.strip_prefix("SageMaker endpoint:") {
-                let _ = tx.send(e.trim().to_owned());
-            }
-        }
-    });
-    let endpoint = rx
-        .recv_timeout(Duration::from_secs(60))
+    let endpoint = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| Some(line.strip_prefix("SageMaker endpoint:")?.trim().to_owned()))
         .expect("the server printed no endpoint");
+    // Both pipes are closed now (the reader was consumed): the server goes on writing its event
+    // lines into them, and must keep serving (a closed terminal or pipe never kills it).
+    drop(stderr);
 
     let request = json!({
         "TrainingJobName": "cli-job",

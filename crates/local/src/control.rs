@@ -76,7 +76,9 @@ impl RecordingLog {
 impl LogSink for RecordingLog {
     fn line(&self, line: &str) {
         if self.echo {
-            eprintln!("{line}");
+            use std::io::Write;
+            // A closed terminal or pipe must not take the service down.
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
         }
         if let Ok(mut lines) = self.lines.lock() {
             lines.push(line.to_owned());
