@@ -28,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod handler;
 pub mod instances;
+pub mod invoke;
 pub mod ledger;
 pub mod sagemaker;
 pub mod sdk;
@@ -46,6 +47,7 @@ pub use handler::{
 #[cfg(feature = "ec2")]
 pub use instances::Ec2InstanceTags;
 pub use instances::InstanceTags;
+pub use invoke::{invoke, EventHandler, Failure};
 pub use ledger::{Ledger, S3Ledger, Written};
 pub use sagemaker::{
     job_facts, relaunch_request, Created, Described, SdkTrainingJobs, TrainingJobs,

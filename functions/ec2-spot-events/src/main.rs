@@ -3,21 +3,18 @@
 //! managed-spot job when it names a request template, publish spotcheck events.
 //!
 //! Only wiring: configuration and clients are built once at cold start, then each event's
-//! bytes go to [`Ec2Handler::handle`] (crates/aws). `Err` is returned only for the
+//! payloads go to [`Ec2Handler`] through `spotcheck_aws::invoke` (crates/aws). `Err` is returned only for the
 //! handler's errors (transient failures, refusals, unusable templates, see `docs/lambdas.md`),
 //! so Lambda retries them and finally dead-letters them; everything else is acknowledged.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
-use serde_json::{json, Value};
+use serde_json::Value;
 use spotcheck_aws::config::Settings;
 use spotcheck_aws::sdk::{custom_s3_endpoint, load_sdk_config, s3_client};
 use spotcheck_aws::{
-    Ec2Handler, Ec2InstanceTags, EventBridgeSink, HandlerConfig, HandlerError, S3Checkpoints,
-    S3Ledger, SdkTrainingJobs, StdoutLog, ValidationOptions,
+    invoke, Ec2Handler, Ec2InstanceTags, EventBridgeSink, HandlerConfig, S3Checkpoints, S3Ledger,
+    SdkTrainingJobs, ValidationOptions,
 };
-use spotcheck_control::Timestamp;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -40,34 +37,12 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let handler = &handler;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        let bytes = serde_json::to_vec(&event.payload).map_err(|e| diagnostic("Encode", &e))?;
-        match handler.handle(&bytes, now()?, &StdoutLog).await {
-            Ok(handled) => Ok(json!({ "outcome": handled.outcome })),
-            Err(e) => Err(error_diagnostic(&e)),
-        }
+        invoke(handler, &event.payload)
+            .await
+            .map_err(|f| Diagnostic {
+                error_type: f.error_type,
+                error_message: f.message,
+            })
     }))
     .await
-}
-
-/// The invocation's decision time.
-fn now() -> Result<Timestamp, Diagnostic> {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|e| diagnostic("Clock", &e))?
-        .as_millis();
-    let ms = i64::try_from(ms).map_err(|e| diagnostic("Clock", &e))?;
-    Timestamp::from_epoch_ms(ms).map_err(|e| diagnostic("Clock", &e))
-}
-
-fn diagnostic(error_type: &str, error: &dyn std::fmt::Display) -> Diagnostic {
-    Diagnostic {
-        error_type: error_type.to_owned(),
-        error_message: error.to_string(),
-    }
-}
-
-/// `Transient` (Lambda's retries may help), `Refused` or `InvalidTemplate` (fix, then redrive
-/// from the DLQ), see [`HandlerError::error_type`].
-fn error_diagnostic(error: &HandlerError) -> Diagnostic {
-    diagnostic(error.error_type(), error)
 }

@@ -31,15 +31,15 @@
 
 use serde::Serialize;
 use spotcheck_control::ec2::{gate_continuation, ContinuationVerdict};
-use spotcheck_control::events::{parse_event, Parsed, Signal};
+use spotcheck_control::events::Signal;
 use spotcheck_control::outputs::OutputEvent;
 use spotcheck_control::{
     decide, Action, CheckpointSummary, Decision, DecisionInput, Record, Timestamp,
 };
 
 use super::{
-    publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError, Journal,
-    LedgerEntry, LogSink, Outcome,
+    parse_relevant, publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError,
+    Journal, LedgerEntry, LogSink, Outcome,
 };
 use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError};
 use crate::continuation::{
@@ -103,24 +103,11 @@ where
         now: Timestamp,
         j: &mut Journal,
     ) -> Result<Outcome, HandlerError> {
-        let event = match parse_event(bytes) {
-            Err(e) => {
-                j.event_key = e.event_id().map(str::to_owned);
-                j.reason = Some(format!("malformed event, acknowledged: {e}"));
-                return Ok(Outcome::Malformed);
-            }
-            Ok(Parsed::Irrelevant(other)) => {
-                j.event_key = Some(other.key.to_string());
-                j.reason = Some(format!(
-                    "irrelevant event (source {:?}, detail-type {:?}), acknowledged",
-                    other.envelope.source, other.envelope.detail_type
-                ));
-                return Ok(Outcome::Irrelevant);
-            }
-            Ok(Parsed::Relevant(event)) => event,
+        let event = match parse_relevant(bytes, j) {
+            Ok(event) => event,
+            Err(acknowledged) => return Ok(acknowledged),
         };
         let event_key = event.key.to_string();
-        j.event_key = Some(event_key.clone());
         let instance_id = match &event.signal {
             Signal::SpotInterruption { instance_id, .. }
             | Signal::RebalanceRecommendation { instance_id } => instance_id.clone(),

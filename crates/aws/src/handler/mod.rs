@@ -39,6 +39,7 @@ pub use ec2::Ec2Handler;
 pub use sagemaker::SageMakerHandler;
 
 use serde::Serialize;
+use spotcheck_control::events::{parse_event, Event, Parsed};
 use spotcheck_control::outputs::{EventEntry, OutputEvent};
 use spotcheck_control::{Decision, Policy, PriceTable, Timestamp};
 
@@ -278,6 +279,30 @@ impl<'a, T: Serialize> LedgerEntry<'a, T> {
             event_key: journal.event_key.as_deref(),
             reason: journal.reason.as_deref().unwrap_or(""),
             record,
+        }
+    }
+}
+
+/// Step 1 of both handlers: the event, or — for a malformed or irrelevant one — the outcome
+/// that acknowledges it (the journal says why). Sets the journal's event key.
+fn parse_relevant(bytes: &[u8], j: &mut Journal) -> Result<Event, Outcome> {
+    match parse_event(bytes) {
+        Err(e) => {
+            j.event_key = e.event_id().map(str::to_owned);
+            j.reason = Some(format!("malformed event, acknowledged: {e}"));
+            Err(Outcome::Malformed)
+        }
+        Ok(Parsed::Irrelevant(other)) => {
+            j.event_key = Some(other.key.to_string());
+            j.reason = Some(format!(
+                "irrelevant event (source {:?}, detail-type {:?}), acknowledged",
+                other.envelope.source, other.envelope.detail_type
+            ));
+            Err(Outcome::Irrelevant)
+        }
+        Ok(Parsed::Relevant(event)) => {
+            j.event_key = Some(event.key.to_string());
+            Ok(event)
         }
     }
 }

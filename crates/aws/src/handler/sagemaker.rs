@@ -20,7 +20,7 @@
 //! `a = 2..attempt`; an attempt that cannot be described is listed as skipped.
 
 use spotcheck_control::decision::staleness;
-use spotcheck_control::events::{parse_event, Parsed, Signal};
+use spotcheck_control::events::Signal;
 use spotcheck_control::naming::relaunch_name;
 use spotcheck_control::outputs::{job_savings_metrics, lineage_savings_metrics, OutputEvent};
 use spotcheck_control::savings::{job_savings, lineage_savings, SkippedJob};
@@ -30,8 +30,8 @@ use spotcheck_control::{
 };
 
 use super::{
-    publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError, Journal,
-    LedgerEntry, LogSink, Outcome,
+    parse_relevant, publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError,
+    Journal, LedgerEntry, LogSink, Outcome,
 };
 use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError};
 use crate::error::ErrorKind;
@@ -90,23 +90,10 @@ where
         j: &mut Journal,
         log: &impl LogSink,
     ) -> Result<Outcome, HandlerError> {
-        let event = match parse_event(bytes) {
-            Err(e) => {
-                j.event_key = e.event_id().map(str::to_owned);
-                j.reason = Some(format!("malformed event, acknowledged: {e}"));
-                return Ok(Outcome::Malformed);
-            }
-            Ok(Parsed::Irrelevant(other)) => {
-                j.event_key = Some(other.key.to_string());
-                j.reason = Some(format!(
-                    "irrelevant event (source {:?}, detail-type {:?}), acknowledged",
-                    other.envelope.source, other.envelope.detail_type
-                ));
-                return Ok(Outcome::Irrelevant);
-            }
-            Ok(Parsed::Relevant(event)) => event,
+        let event = match parse_relevant(bytes, j) {
+            Ok(event) => event,
+            Err(acknowledged) => return Ok(acknowledged),
         };
-        j.event_key = Some(event.key.to_string());
         let Signal::TrainingJobStateChange { job: event_job } = &event.signal else {
             j.reason = Some("an EC2 signal reached the SageMaker function; acknowledged".into());
             return Ok(Outcome::Irrelevant);

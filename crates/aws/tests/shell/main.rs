@@ -6,5 +6,6 @@ mod checkpoints;
 mod continuation;
 mod ec2;
 mod fakes;
+mod invoke;
 mod relaunch;
 mod sagemaker;
