@@ -253,26 +253,37 @@ impl S3Sync {
         result
     }
 
-    /// Step directories of `namespace` in S3, newest first.
-    fn remote_steps(&self, namespace: &str) -> Result<Vec<u64>, String> {
-        let prefix = self.uri.key(&format!("{namespace}/"));
-        let mut steps = std::collections::BTreeSet::new();
+    /// Every key under `prefix` (a full key prefix).
+    fn list_keys(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let mut keys = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.uri.bucket)
-            .prefix(&prefix)
+            .prefix(prefix)
             .into_paginator()
             .send();
         while let Some(page) = self.rt.block_on(pages.next()) {
             let page = page.map_err(|e| sdk_err("ListObjectsV2", e))?;
-            for o in page.contents() {
-                let rest = o.key().and_then(|k| k.strip_prefix(&prefix)).unwrap_or("");
-                if let Some(step) = rest.split('/').next().and_then(parse_step_dir_name) {
-                    steps.insert(step);
-                }
-            }
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(str::to_string),
+            );
         }
+        Ok(keys)
+    }
+
+    /// Step directories of `namespace` in S3, newest first.
+    fn remote_steps(&self, namespace: &str) -> Result<Vec<u64>, String> {
+        let prefix = self.uri.key(&format!("{namespace}/"));
+        let steps: std::collections::BTreeSet<u64> = self
+            .list_keys(&prefix)?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.split('/').next())
+            .filter_map(parse_step_dir_name)
+            .collect();
         Ok(steps.into_iter().rev().collect())
     }
 
@@ -393,23 +404,11 @@ impl S3Sync {
         let prefix = self.uri.key(&format!("{name}/"));
         let manifest = format!("{prefix}{MANIFEST_FILE}");
         let mut keys = vec![manifest.clone()];
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.uri.bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = self.rt.block_on(pages.next()) {
-            let page = page.map_err(|e| sdk_err("ListObjectsV2", e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .filter(|k| *k != manifest)
-                    .map(str::to_string),
-            );
-        }
+        keys.extend(
+            self.list_keys(&prefix)?
+                .into_iter()
+                .filter(|k| *k != manifest),
+        );
         for key in keys {
             // Deleting a missing key succeeds in S3, so a repeated prune is harmless.
             self.rt
