@@ -15,6 +15,9 @@
 //!   when capacity never came at all). MaxWait covers waiting plus running, from creation.
 //! - MaxRuntime (running time): Stopping → Stopped/MaxRuntimeExceeded.
 //! - StopTrainingJob: Stopping/Stopping (SIGTERM, grace, SIGKILL) → Stopped/Stopped.
+//! - A stop that begins while training (user, MaxWait, MaxRuntime) uploads `/opt/ml/model`
+//!   once the process is gone, as SageMaker does, before Stopped; one that begins on an instance
+//!   being reclaimed cannot.
 //! - Non-zero exit not caused by us: Failed/Failed with `AlgorithmError: …`.
 //!
 //! Billing: the instance runs from capacity acquisition (Downloading) to the end of the
@@ -166,6 +169,10 @@ pub struct JobState {
     pub kill_at: Option<EpochMs>,
     /// Why the job is being stopped.
     pub stop_cause: Option<StopCause>,
+    /// Whether the stop began on a training instance that stays (not one being reclaimed):
+    /// SageMaker then uploads `/opt/ml/model` before the job is Stopped, so the work of a
+    /// stopped job is not lost.
+    pub upload_after_stop: bool,
     /// `FailureReason`.
     pub failure_reason: Option<String>,
 }
@@ -245,6 +252,7 @@ impl JobState {
             interruptions: 0,
             kill_at: None,
             stop_cause: None,
+            upload_after_stop: false,
             failure_reason: None,
         }
     }
@@ -327,7 +335,9 @@ pub fn next_deadline(spec: &JobSpec, s: &JobState, now: EpochMs) -> Option<Epoch
         return None;
     }
     let mut at: Vec<EpochMs> = Vec::new();
-    at.extend(s.kill_at);
+    // The SIGKILL deadline matters only while the process may live; a passed one would wake
+    // the shell again at once, for ever.
+    at.extend(s.kill_at.filter(|_| s.process_alive()));
     if s.stop_cause.is_none() {
         if let (true, Some(wait)) = (spec.spot, spec.max_wait_seconds) {
             at.push(s.created + wait as i64 * 1000);
@@ -447,12 +457,23 @@ pub fn step(
                 s.phase = Phase::Waiting;
                 to_waiting(&mut s, now, &mut fx);
             }
+            Phase::Stopping if s.upload_after_stop => {
+                s.phase = Phase::Uploading;
+                s.kill_at = None;
+                fx.push(Effect::Upload);
+            }
             Phase::Stopping => {
                 fx.push(Effect::Release { flush: true });
                 finish_stop(&mut s, now, &mut fx);
             }
             _ => {}
         },
+        // A stopped job's model upload: Stopped whatever it gave (the artifacts are described
+        // only when it succeeded).
+        Input::Uploaded(_) if s.phase == Phase::Uploading && s.stop_cause.is_some() => {
+            fx.push(Effect::Release { flush: false });
+            finish_stop(&mut s, now, &mut fx);
+        }
         Input::Uploaded(result) if s.phase == Phase::Uploading => {
             fx.push(Effect::Release { flush: false });
             match result {
@@ -478,7 +499,14 @@ pub fn step(
     // A SIGKILL deadline that passed (checked after the input, which may have set it).
     if let Some(kill_at) = s.kill_at {
         if now >= kill_at && s.process_alive() {
-            fx.extend([Effect::Kill, Effect::Release { flush: false }]);
+            fx.push(Effect::Kill);
+            if s.phase == Phase::Stopping && s.upload_after_stop {
+                s.phase = Phase::Uploading;
+                s.kill_at = None;
+                fx.push(Effect::Upload);
+            } else {
+                fx.push(Effect::Release { flush: false });
+            }
             match s.phase {
                 Phase::Interrupted => {
                     s.instance_gone(now);
@@ -525,6 +553,7 @@ fn begin_stop(
     match s.phase {
         Phase::Training => {
             s.phase = Phase::Stopping;
+            s.upload_after_stop = true;
             s.kill_at = Some(now + spec.grace_ms);
             s.enter(status::STOPPING, secondary::STOPPING, message, now);
             fx.extend([Effect::Terminate, Effect::Emit]);
@@ -766,8 +795,12 @@ mod tests {
             ],
         );
         assert_eq!(fx[2], vec![Terminate, Emit]);
-        assert_eq!(fx[3], vec![Release { flush: true }, Emit]);
-        assert_eq!(seq.last().unwrap(), "MaxWaitTimeExceeded");
+        // The instance stays: the model is uploaded, then the job is Stopped.
+        assert_eq!(fx[3], vec![Upload]);
+        assert_eq!(s.status, "Stopping");
+        let (s, fx) = step(&spec, &s, Uploaded(Ok(())), 3_602_000);
+        assert_eq!(fx, vec![Release { flush: false }, Emit]);
+        assert_eq!(s.secondary, "MaxWaitTimeExceeded");
         assert_eq!(s.status, "Stopped");
     }
 
@@ -789,9 +822,17 @@ mod tests {
         assert_eq!(s.status, "Stopping");
         assert_eq!(next_deadline(&spec, &s, 150_000), Some(155_000));
         let (s, fx) = step(&spec, &s, Tick, 155_000);
-        assert_eq!(fx, vec![Kill, Release { flush: false }, Emit]);
+        assert_eq!(fx, vec![Kill, Upload]);
+        assert_eq!(s.status, "Stopping");
+        // Nothing to wait for while the model uploads (a stale SIGKILL deadline would wake
+        // the shell in a loop).
+        assert_eq!(next_deadline(&spec, &s, 160_000), None);
+        // A failed upload does not change how the job ends.
+        let (s, fx) = step(&spec, &s, Uploaded(Err("S3 said no".into())), 156_000);
+        assert_eq!(fx, vec![Release { flush: false }, Emit]);
         assert_eq!((s.status, s.secondary), ("Stopped", "MaxRuntimeExceeded"));
-        assert_eq!(s.billable_seconds(&spec, 155_000), 105);
+        assert_eq!(s.failure_reason, None);
+        assert_eq!(s.billable_seconds(&spec, 156_000), 106);
     }
 
     #[test]
@@ -804,9 +845,13 @@ mod tests {
                 (1, Downloaded(Ok(()))),
                 (5, StopRequested),
                 (6, exited(143)),
+                (7, Uploaded(Ok(()))),
             ],
         );
         assert_eq!(fx[2], vec![Terminate, Emit]);
+        assert_eq!(fx[3], vec![Upload], "the model is uploaded");
+        assert_eq!(s.kill_at, None);
+        assert_eq!(fx[4], vec![Release { flush: false }, Emit]);
         assert_eq!(seq[3..], ["Stopping", "Stopped"]);
         assert_eq!((s.status, s.secondary), ("Stopped", "Stopped"));
         // While waiting: at once.
