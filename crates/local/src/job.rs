@@ -800,6 +800,11 @@ mod tests {
         assert_eq!(s.status, "Stopping");
         let (s, fx) = step(&spec, &s, Uploaded(Ok(())), 3_602_000);
         assert_eq!(fx, vec![Release { flush: false }, Emit]);
+        assert_eq!(
+            seq[2..],
+            ["Training", "Stopping"],
+            "no status of its own while the model uploads"
+        );
         assert_eq!(s.secondary, "MaxWaitTimeExceeded");
         assert_eq!(s.status, "Stopped");
     }
