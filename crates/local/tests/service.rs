@@ -283,13 +283,13 @@ async fn a_user_stop_ends_stopped_and_bad_requests_get_sagemaker_errors() {
         .model_artifacts()
         .and_then(|m| m.s3_model_artifacts())
         .expect("a stopped job's ModelArtifacts");
-    let key = format!("models/svc-stop/output/model.tar.gz");
+    let key = "models/svc-stop/output/model.tar.gz";
     assert_eq!(artifacts, format!("s3://{BUCKET}/{key}"));
     stack
         .s3_client()
         .head_object()
         .bucket(BUCKET)
-        .key(&key)
+        .key(key)
         .send()
         .await
         .expect("the model object exists");
