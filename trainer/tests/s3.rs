@@ -105,7 +105,12 @@ fn finals(model: &Path) -> (Vec<u8>, Vec<u8>) {
 
 /// Trains until step `at`, then SIGTERM: the trainer checkpoints (and uploads) and exits 143.
 fn stop_at(ckpt: &Path, model: &Path, uri: &str, at: u64) {
-    let mut child = train(ckpt, model, Some(uri)).spawn().unwrap();
+    stop_at_with(ckpt, model, uri, at, &[]);
+}
+
+/// [`stop_at`] with extra arguments.
+fn stop_at_with(ckpt: &Path, model: &Path, uri: &str, at: u64, extra: &[&str]) {
+    let mut child = train(ckpt, model, Some(uri)).args(extra).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for line in lines.by_ref() {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
@@ -261,14 +266,15 @@ fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
                 .send(),
         )
         .unwrap();
+    // Three runs on the same instance, each stopped by SIGTERM at a later step: each one's
+    // last checkpoint is uploaded (and S3 pruned) before it exits, so S3 has seen at least
+    // three checkpoints, whatever the timing of the ones in between.
     let ck = tmp.path().join("ck");
-    // Ten times as many steps as the other tests, so that several checkpoints are written
-    // (one persist at a time: a checkpoint due while one is in flight is skipped).
-    let log = ok(train(&ck, &tmp.path().join("m"), Some(&uri))
-        .args(["--hp", "keep_checkpoints=2", "--hp", "epochs=40"])
-        .output()
-        .unwrap());
-    assert!(log.contains("\"s3_pruned\""), "{log}");
+    // 240 steps, so that each SIGTERM lands long before the end.
+    let keep = ["--hp", "keep_checkpoints=2", "--hp", "epochs=40"];
+    for at in [5, 60, 120] {
+        stop_at_with(&ck, &tmp.path().join("m"), &uri, at, &keep);
+    }
     let remote = remote_steps(&env, "p/algo-1/");
     let mut local: Vec<String> = std::fs::read_dir(ck.join("algo-1"))
         .unwrap()
@@ -278,6 +284,14 @@ fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
         .collect();
     local.sort();
     assert_eq!(remote.len(), 2, "{remote:?}");
+    let newest: u64 = remote[1]
+        .trim_start_matches("p/algo-1/step-")
+        .parse()
+        .unwrap();
+    assert!(
+        newest >= 120,
+        "the last run's checkpoint is kept: {remote:?}"
+    );
     assert_eq!(remote, local, "S3 keeps what the local root keeps");
     // No file of a pruned checkpoint is left behind, and the other host's is untouched.
     let keys: Vec<String> = env
