@@ -196,12 +196,11 @@ where
                         reason,
                         event_key: decision.event_key.clone(),
                     };
-                    let body = serde_json::to_vec(&LedgerEntry::new(
-                        "recovery_gave_up",
-                        now,
-                        j,
-                        &give_up,
-                    ))?;
+                    // The record's reason is the gate's, not the interruption decision's.
+                    let body = serde_json::to_vec(&LedgerEntry {
+                        reason: &gave_up.reason,
+                        ..LedgerEntry::new("recovery_gave_up", now, j, &give_up)
+                    })?;
                     let key = keys::give_up(&give_up.root, &give_up.job_name);
                     write_record(&self.ledger, j, &key, body).await?;
                     events.extend(

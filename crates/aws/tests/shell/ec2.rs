@@ -562,6 +562,13 @@ async fn without_a_valid_checkpoint_the_policy_decides_whether_the_run_continues
     assert_eq!(record["kind"], "recovery_gave_up");
     assert_eq!(record["cause"], "no_checkpoint");
     assert_eq!(record["root"], "llm-sft");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not continued: no checkpoint is valid"),
+        "{record}"
+    );
     assert_eq!(h.events.detail_types(), ["Recovery Gave Up"]);
     assert_eq!(h.events.detail(0)["job_name"], name.as_str());
     let line = log.decision(1);
