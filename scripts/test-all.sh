@@ -16,7 +16,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "infra static checks (cfn-lint, SAM transform, checkov, hadolint, shellcheck)"
 bash scripts/static-checks.sh
 
-step "AWS emulators (LocalStack for S3/EventBridge/SQS, moto for SageMaker), cargo-lambda"
+step "AWS emulators (LocalStack for S3/EventBridge/SQS/EC2, moto for SageMaker), cargo-lambda"
 bash scripts/python-tools.sh deploy # cargo-lambda: the replay suite's Lambda runtime-API tests
 bash scripts/emulators.sh start
 trap 'bash scripts/emulators.sh stop' EXIT
