@@ -2,20 +2,10 @@
 //! for a handled event, and the error type Lambda reports for each handler error.
 
 use serde_json::{json, Value};
-use spotcheck_aws::{invoke, ErrorKind, HandlerConfig, SageMakerHandler};
-use spotcheck_control::Policy;
+use spotcheck_aws::{invoke, ErrorKind};
 
 use crate::fakes::*;
-
-fn handler() -> SageMakerHandler<FakeJobs, FakeStore, FakeLedger, FakeEvents> {
-    SageMakerHandler {
-        jobs: FakeJobs::default(),
-        checkpoints: FakeStore::default(),
-        ledger: FakeLedger::default(),
-        events: FakeEvents::default(),
-        config: HandlerConfig::new(Policy::default()),
-    }
-}
+use crate::sagemaker::handler;
 
 fn payload(fixture: &str) -> Value {
     serde_json::from_slice(&event(fixture)).unwrap()

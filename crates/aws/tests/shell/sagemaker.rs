@@ -15,7 +15,7 @@ use spotcheck_control::{Action, Policy, RelaunchPlan, Tags};
 use crate::checkpoints::{put_checkpoint_at, put_file_at};
 use crate::fakes::*;
 
-type Handler = SageMakerHandler<FakeJobs, FakeStore, FakeLedger, FakeEvents>;
+pub type Handler = SageMakerHandler<FakeJobs, FakeStore, FakeLedger, FakeEvents>;
 
 const ROOT: &str = "resnet50-spot";
 const R2: &str = "resnet50-spot-r2-90d9a5df";
@@ -23,7 +23,7 @@ const R3: &str = "resnet50-spot-r3-c078143a";
 /// `CheckpointConfig.S3Uri` of every resnet50-spot fixture.
 const RESNET_CKPT: &str = "s3://ml-checkpoints-123456789012/resnet50-spot/checkpoints";
 
-fn handler() -> Handler {
+pub fn handler() -> Handler {
     SageMakerHandler {
         jobs: FakeJobs::default(),
         checkpoints: FakeStore::default(),
