@@ -28,7 +28,7 @@ use spotcheck_tests::local::{JobRequest, LocalSageMaker, Options};
 use spotcheck_tests::sqs::Sqs;
 use spotcheck_tests::template::{self, EC2_FUNCTION};
 
-use crate::handlers::{announced, seed_checkpoints, spotcheck_tap, Lines};
+use crate::handlers::{announced, seed_checkpoints, spotcheck_tap, tags_of, Lines};
 
 const G5: &str = "ml.g5.2xlarge";
 const LEDGER_PREFIX: &str = "spotcheck/";
@@ -101,15 +101,15 @@ async fn routed(eb: &aws_sdk_eventbridge::Client, event: &Value) -> bool {
         .result()
 }
 
-fn tags_map(tags: &[aws_sdk_sagemaker::types::Tag]) -> std::collections::BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| {
-            (
-                t.key().unwrap_or_default().to_owned(),
-                t.value().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+/// Hands `event` to the handler at the service's simulated now.
+async fn handle(
+    h: &SdkEc2Handler,
+    local: &LocalSageMaker,
+    lines: &Lines,
+    event: &Value,
+) -> spotcheck_aws::Handled {
+    let bytes = serde_json::to_vec(event).expect("JSON");
+    h.handle(&bytes, local.now(), lines).await.expect("handled")
 }
 
 /// A reclaimed instance of a run that names a request template is continued as exactly one
@@ -170,11 +170,7 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     // The warning: routed to the function, recorded, continued.
     let warning = event_for("ec2-spot-interruption-terminate", &instance);
     assert!(routed(&eb, &warning).await, "the template's rule routes it");
-    let bytes = serde_json::to_vec(&warning).expect("JSON");
-    let handled = h
-        .handle(&bytes, local.now(), &lines)
-        .await
-        .expect("handled");
+    let handled = handle(&h, &local, &lines, &warning).await;
     assert_eq!(
         handled.outcome,
         Outcome::Relaunched,
@@ -206,13 +202,12 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
         "the template's resources"
     );
     let arn = job.training_job_arn().expect("an ARN").to_owned();
-    let tags = tags_map(
-        sm.list_tags()
+    let tags = tags_of(
+        &sm.list_tags()
             .resource_arn(&arn)
             .send()
             .await
-            .expect("ListTags")
-            .tags(),
+            .expect("ListTags"),
     );
     assert_eq!(
         tags.get("spotcheck:enabled").map(String::as_str),
@@ -233,10 +228,7 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     assert_eq!(record["latest_valid_step"], 200);
 
     // Redelivered: the same name is asked for, nothing new is created or recorded.
-    let again = h
-        .handle(&bytes, local.now(), &lines)
-        .await
-        .expect("handled");
+    let again = handle(&h, &local, &lines, &warning).await;
     assert_eq!(
         again.outcome,
         Outcome::AlreadyRelaunched,
@@ -258,14 +250,7 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     // A rebalance recommendation: recorded as advisory, no validation, no continuation.
     let advice = event_for("ec2-rebalance-recommendation", &instance);
     assert!(routed(&eb, &advice).await);
-    let advised = h
-        .handle(
-            &serde_json::to_vec(&advice).expect("JSON"),
-            local.now(),
-            &lines,
-        )
-        .await
-        .expect("handled");
+    let advised = handle(&h, &local, &lines, &advice).await;
     assert_eq!(advised.outcome, Outcome::Recorded);
     assert!(advised.checkpoints.is_none());
     let records = emulators::objects(&s3, &ledger, &record_prefix).await;
@@ -276,15 +261,13 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
 
     // An instance without spotcheck:run: not managed.
     let stranger = launch(&ec2, &[("Name", "someone-else")]).await;
-    let ignored = h
-        .handle(
-            &serde_json::to_vec(&event_for("ec2-spot-interruption-terminate", &stranger))
-                .expect("JSON"),
-            local.now(),
-            &lines,
-        )
-        .await
-        .expect("handled");
+    let ignored = handle(
+        &h,
+        &local,
+        &lines,
+        &event_for("ec2-spot-interruption-terminate", &stranger),
+    )
+    .await;
     assert_eq!(ignored.outcome, Outcome::Ignored);
 
     // A run with no checkpoint whose instance says give up without one.
@@ -303,15 +286,13 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     )
     .await;
     let strict_name = continuation_name(&strict_run, &strict);
-    let gave_up = h
-        .handle(
-            &serde_json::to_vec(&event_for("ec2-spot-interruption-terminate", &strict))
-                .expect("JSON"),
-            local.now(),
-            &lines,
-        )
-        .await
-        .expect("handled");
+    let gave_up = handle(
+        &h,
+        &local,
+        &lines,
+        &event_for("ec2-spot-interruption-terminate", &strict),
+    )
+    .await;
     assert_eq!(gave_up.outcome, Outcome::GaveUp, "{:?}", gave_up.effects);
     assert!(
         local.job(&strict_name).is_none(),

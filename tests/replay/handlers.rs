@@ -242,7 +242,7 @@ impl Delivery {
     }
 }
 
-fn tags_of(
+pub fn tags_of(
     described: &aws_sdk_sagemaker::operation::list_tags::ListTagsOutput,
 ) -> BTreeMap<String, String> {
     described

@@ -11,54 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use spotcheck_control::Timestamp;
 
-use crate::handler::{Ec2Handler, Handled, HandlerError, SageMakerHandler, StdoutLog};
-use crate::{CheckpointStore, EventSink, InstanceTags, Ledger, TrainingJobs};
-
-/// An event handler a Lambda drives: [`SageMakerHandler`] or [`Ec2Handler`].
-pub trait EventHandler {
-    /// Handles one event's raw JSON at decision time `now`, logging to `log`.
-    fn handle_event(
-        &self,
-        event: &[u8],
-        now: Timestamp,
-        log: &StdoutLog,
-    ) -> impl Future<Output = Result<Handled, HandlerError>>;
-}
-
-impl<J, C, L, E> EventHandler for SageMakerHandler<J, C, L, E>
-where
-    J: TrainingJobs + Sync,
-    C: CheckpointStore + Sync,
-    L: Ledger + Sync,
-    E: EventSink + Sync,
-{
-    fn handle_event(
-        &self,
-        event: &[u8],
-        now: Timestamp,
-        log: &StdoutLog,
-    ) -> impl Future<Output = Result<Handled, HandlerError>> {
-        self.handle(event, now, log)
-    }
-}
-
-impl<I, J, C, L, E> EventHandler for Ec2Handler<I, J, C, L, E>
-where
-    I: InstanceTags + Sync,
-    J: TrainingJobs + Sync,
-    C: CheckpointStore + Sync,
-    L: Ledger + Sync,
-    E: EventSink + Sync,
-{
-    fn handle_event(
-        &self,
-        event: &[u8],
-        now: Timestamp,
-        log: &StdoutLog,
-    ) -> impl Future<Output = Result<Handled, HandlerError>> {
-        self.handle(event, now, log)
-    }
-}
+use crate::handler::{Handled, HandlerError};
 
 /// What Lambda reports for a failed invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,15 +32,20 @@ impl Failure {
     }
 }
 
-/// Handles one invocation's payload: `{"outcome": …}` when handled (acknowledged events
+/// Handles one invocation's payload with `handle` (the event's bytes and the decision time
+/// in; a handler's `handle` call out): `{"outcome": …}` when handled (acknowledged events
 /// included), a [`Failure`] for the handler's errors, so Lambda retries them and finally
 /// dead-letters them.
-pub async fn invoke(handler: &impl EventHandler, payload: &Value) -> Result<Value, Failure> {
+pub async fn invoke<F, Fut>(payload: &Value, handle: F) -> Result<Value, Failure>
+where
+    F: FnOnce(Vec<u8>, Timestamp) -> Fut,
+    Fut: Future<Output = Result<Handled, HandlerError>>,
+{
     let bytes = serde_json::to_vec(payload).map_err(|e| Failure::new("Encode", &e))?;
     let now = system_now().map_err(|e| Failure::new("Clock", &e))?;
     // Boxed: the handlers' futures are deeply nested types, and one more layer of nesting
     // in every `main` overflows the compiler's query depth.
-    match Box::pin(handler.handle_event(&bytes, now, &StdoutLog)).await {
+    match Box::pin(handle(bytes, now)).await {
         Ok(handled) => Ok(json!({ "outcome": handled.outcome })),
         Err(e) => Err(Failure::new(e.error_type(), &e)),
     }

@@ -47,7 +47,7 @@ pub use handler::{
 #[cfg(feature = "ec2")]
 pub use instances::Ec2InstanceTags;
 pub use instances::InstanceTags;
-pub use invoke::{invoke, EventHandler, Failure};
+pub use invoke::{invoke, Failure};
 pub use ledger::{Ledger, S3Ledger, Written};
 pub use sagemaker::{
     job_facts, relaunch_request, Created, Described, SdkTrainingJobs, TrainingJobs,

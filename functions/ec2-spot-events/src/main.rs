@@ -2,9 +2,9 @@
 //! map the instance to its run, validate checkpoints, record, continue the run as a SageMaker
 //! managed-spot job when it names a request template, publish spotcheck events.
 //!
-//! Only wiring: configuration and clients are built once at cold start, then each event's
-//! payloads go to [`Ec2Handler`] through `spotcheck_aws::invoke` (crates/aws). `Err` is returned only for the
-//! handler's errors (transient failures, refusals, unusable templates, see `docs/lambdas.md`),
+//! Only wiring: configuration and clients are built once at cold start, then each event's payload
+//! goes to [`Ec2Handler`] through `spotcheck_aws::invoke` (crates/aws). `Err` is returned only for
+//! the handler's errors (transient failures, refusals, unusable templates, see `docs/lambdas.md`),
 //! so Lambda retries them and finally dead-letters them; everything else is acknowledged.
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
@@ -13,7 +13,7 @@ use spotcheck_aws::config::Settings;
 use spotcheck_aws::sdk::{custom_s3_endpoint, load_sdk_config, s3_client};
 use spotcheck_aws::{
     invoke, Ec2Handler, Ec2InstanceTags, EventBridgeSink, HandlerConfig, S3Checkpoints, S3Ledger,
-    SdkTrainingJobs, ValidationOptions,
+    SdkTrainingJobs, StdoutLog, ValidationOptions,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,12 +37,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let handler = &handler;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        invoke(handler, &event.payload)
-            .await
-            .map_err(|f| Diagnostic {
-                error_type: f.error_type,
-                error_message: f.message,
-            })
+        invoke(&event.payload, |bytes, now| async move {
+            handler.handle(&bytes, now, &StdoutLog).await
+        })
+        .await
+        .map_err(|f| Diagnostic {
+            error_type: f.error_type,
+            error_message: f.message,
+        })
     }))
     .await
 }

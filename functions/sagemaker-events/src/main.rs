@@ -1,10 +1,10 @@
 //! The `sagemaker-events` Lambda: "SageMaker Training Job State Change" → validate checkpoints,
 //! relaunch, record savings, publish spotcheck events.
 //!
-//! Only wiring: configuration and clients are built once at cold start, then each event's
-//! payloads go to [`SageMakerHandler`] through `spotcheck_aws::invoke` (crates/aws). `Err` is returned only for the
-//! handler's errors (transient failures and refusals, see `docs/lambdas.md`), so Lambda retries
-//! them and finally dead-letters them; everything else is acknowledged.
+//! Only wiring: configuration and clients are built once at cold start, then each event's payload
+//! goes to [`SageMakerHandler`] through `spotcheck_aws::invoke` (crates/aws). `Err` is returned only
+//! for the handler's errors (transient failures and refusals, see `docs/lambdas.md`), so Lambda
+//! retries them and finally dead-letters them; everything else is acknowledged.
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
@@ -12,7 +12,7 @@ use spotcheck_aws::config::{load_prices, Settings};
 use spotcheck_aws::sdk::{custom_s3_endpoint, load_sdk_config, s3_client};
 use spotcheck_aws::{
     invoke, EventBridgeSink, HandlerConfig, S3Checkpoints, S3Ledger, SageMakerHandler,
-    SdkTrainingJobs, ValidationOptions,
+    SdkTrainingJobs, StdoutLog, ValidationOptions,
 };
 
 #[tokio::main(flavor = "current_thread")]
@@ -36,12 +36,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
     let handler = &handler;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        invoke(handler, &event.payload)
-            .await
-            .map_err(|f| Diagnostic {
-                error_type: f.error_type,
-                error_message: f.message,
-            })
+        invoke(&event.payload, |bytes, now| async move {
+            handler.handle(&bytes, now, &StdoutLog).await
+        })
+        .await
+        .map_err(|f| Diagnostic {
+            error_type: f.error_type,
+            error_message: f.message,
+        })
     }))
     .await
 }
