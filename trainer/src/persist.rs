@@ -34,6 +34,8 @@ pub const STATE_FILE: &str = "trainer_state.json";
 
 /// How often the thread looks at the upload markers while idle.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long to wait for a first fully uploaded checkpoint before warning that none shows up.
+const NO_MARKERS_WARNING: Duration = Duration::from_secs(600);
 
 /// The outcome of one persist, reported back to the training loop.
 #[derive(Debug)]
@@ -146,9 +148,16 @@ pub struct Persister {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// Watches upload markers; returns the pace to report, if any. Pure over the filesystem's
-/// answers and the clock reading it is given.
-fn watch_uploads(pending: &mut Vec<Pending>, now: Instant) -> (Vec<u64>, Option<Duration>) {
+/// Watches upload markers; returns the steps now fully uploaded and the pace to report, if
+/// any. The wait of the oldest checkpoint still on its way counts toward the pace only once
+/// some upload has been seen (`seen_any`): an uploader that writes no markers at all must not
+/// slow checkpointing down for ever. Pure over the filesystem's answers and the clock reading
+/// it is given.
+fn watch_uploads(
+    pending: &mut Vec<Pending>,
+    now: Instant,
+    seen_any: bool,
+) -> (Vec<u64>, Option<Duration>) {
     let mut uploaded = Vec::new();
     let mut pace = None;
     pending.retain(|p| {
@@ -165,7 +174,8 @@ fn watch_uploads(pending: &mut Vec<Pending>, now: Instant) -> (Vec<u64>, Option<
     let oldest_wait = pending
         .iter()
         .map(|p| now.saturating_duration_since(p.written))
-        .max();
+        .max()
+        .filter(|_| seen_any || !uploaded.is_empty());
     if let Some(wait) = oldest_wait {
         if pace.is_none_or(|p| wait > p) {
             pace = Some(wait);
@@ -187,6 +197,9 @@ impl Persister {
             .spawn(move || {
                 let mut pending: Vec<Pending> = Vec::new();
                 let mut last_pace: Option<Duration> = None;
+                let mut seen_any = false;
+                let started = Instant::now();
+                let mut warned_no_markers = false;
                 loop {
                     let got = if dest.synced {
                         work.recv_timeout(WATCH_EVERY)
@@ -216,10 +229,18 @@ impl Persister {
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                     if dest.synced && !pending.is_empty() {
-                        let (uploaded, pace) = watch_uploads(&mut pending, Instant::now());
+                        let (uploaded, pace) =
+                            watch_uploads(&mut pending, Instant::now(), seen_any);
                         if !uploaded.is_empty() {
+                            seen_any = true;
                             tracing::info!(event = "checkpoint_uploaded", steps = ?uploaded);
                             apply_retention(&dest);
+                        } else if !seen_any
+                            && !warned_no_markers
+                            && started.elapsed() > NO_MARKERS_WARNING
+                        {
+                            warned_no_markers = true;
+                            tracing::warn!(event = "no_upload_markers", pending = pending.len(), "no checkpoint has been seen fully uploaded (no .sagemaker-uploaded markers): retention keeps every checkpoint until one is; check that the checkpoint sync runs");
                         }
                         if let Some(p) = pace.filter(|p| Some(*p) != last_pace) {
                             last_pace = Some(p);
@@ -370,17 +391,20 @@ mod tests {
                 written: t0 + Duration::from_secs(i as u64 * 10),
             });
         }
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(15));
+        // No upload seen yet: markers may not exist at all, so waiting sets no pace.
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(15), false);
+        assert!(up.is_empty() && pace.is_none());
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(15), true);
         assert!(up.is_empty());
         assert_eq!(pace, Some(Duration::from_secs(15)), "the oldest waits 15 s");
         mark_uploaded(&pending[0].dir, &pending[0].ckpt.manifest).unwrap();
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(16));
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(16), false);
         assert_eq!(up, [10]);
         assert_eq!(pace, Some(Duration::from_secs(16)));
         assert_eq!(pending.len(), 1);
         // A checkpoint retention removed is no longer watched.
         std::fs::remove_dir_all(&pending[0].dir).unwrap();
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(30));
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(30), true);
         assert!(up.is_empty() && pace.is_none() && pending.is_empty());
     }
 }

@@ -14,14 +14,15 @@ use rand_chacha::ChaCha8Rng;
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
-/// A small synthetic task: 96 images of 8×8, 4 classes, batch 16 → 6 steps per epoch, 4 epochs.
+/// A small synthetic task: 96 images of 8×8, 4 classes, batch 16 → 6 steps per epoch, 40 epochs
+/// (long enough that a signal sent at step 10 lands before the end even on a loaded machine).
 const HP: &[&str] = &[
     "dataset=synthetic",
     "num_classes=4",
     "image_size=8",
     "synthetic_samples=96",
     "batch_size=16",
-    "epochs=4",
+    "epochs=40",
     "model_depth=1",
     "model_width=4",
     "model_hidden=16",
@@ -33,7 +34,7 @@ const HP: &[&str] = &[
     "log_every_steps=1",
     "backend=cpu",
 ];
-const TOTAL_STEPS: u64 = 24;
+const TOTAL_STEPS: u64 = 240;
 
 struct Dirs {
     _tmp: tempfile::TempDir,

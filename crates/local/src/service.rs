@@ -415,6 +415,17 @@ impl TrainingService {
         Ok(describe_entry(e, now))
     }
 
+    /// Reclaims a spot job's instance now, as the market would (with or without a warning to
+    /// the process): fault injection for tests and experiments, independent of how fast the
+    /// machine trains. A job that is not a spot job, or not downloading or training, is not
+    /// affected (as by a market outage).
+    pub fn reclaim_now(&self, name: &str, warning: bool) -> Result<(), ApiError> {
+        let jobs = lock(&self.inner.jobs);
+        let e = jobs.get(name).ok_or_else(|| ApiError::not_found(name))?;
+        let _ = e.tx.send(Msg::Input(0, Input::Reclaimed { warning }));
+        Ok(())
+    }
+
     /// StopTrainingJob.
     pub fn stop(&self, body: &Value) -> Result<Value, ApiError> {
         let name = Self::name_of(body)?;
