@@ -24,6 +24,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod continuation;
+pub mod create_rules;
 pub mod error;
 pub mod events;
 pub mod handler;
