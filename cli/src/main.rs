@@ -90,6 +90,7 @@ fn summarise(dir: &Path) -> Result<CheckpointSummary> {
             .iter()
             .any(|c| c.status == Status::Corrupt),
         finished,
+        ..CheckpointSummary::default()
     })
 }
 

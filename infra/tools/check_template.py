@@ -10,6 +10,11 @@
 3. Each function is a Rust cargo-lambda build of an existing workspace member whose package
    name is the BuildProperties Binary, on provided.al2023 / arm64 / bootstrap.
 4. Every EventBridge rule target has a retry policy and a dead-letter queue.
+5. Every IAM statement of the two function roles is one the code needs: GRANTS below lists
+   each role's statements (by Sid) with their actions and the SDK calls (in crates/aws/src,
+   crates/control/src and functions/) that need them. A statement or action the table does not
+   list fails, and so does a listed SDK call the code no longer makes: removing a call from the
+   code makes its grant fail here until the grant is removed too.
 
 Exits 1 listing every violation. Needs PyYAML (any of the tool venvs has it).
 """
@@ -27,9 +32,51 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 POLICY_RS = os.path.join(ROOT, "crates", "control", "src", "policy.rs")
 # Variables the template sets that are not policy settings (owned by the Lambdas' shells).
-NON_POLICY_VARS = {"SPOTCHECK_LEDGER_BUCKET", "SPOTCHECK_LEDGER_PREFIX", "SPOTCHECK_PRICE_TABLE"}
+NON_POLICY_VARS = {
+    "SPOTCHECK_LEDGER_BUCKET",
+    "SPOTCHECK_LEDGER_PREFIX",
+    "SPOTCHECK_PRICE_TABLE",
+    "SPOTCHECK_CHECKPOINT_BUCKET",
+    "SPOTCHECK_CHECKPOINT_PREFIX",
+}
 # Actions that support no resource-level permissions (Service Authorization Reference).
-STAR_RESOURCE_OK = {"ec2:DescribeTags", "ec2:DescribeInstances"}
+STAR_RESOURCE_OK = {"ec2:DescribeTags"}
+SOURCE_DIRS = [os.path.join(ROOT, d) for d in ("crates/aws/src", "crates/control/src", "functions")]
+
+# What each role's statements grant and the SDK calls (snake_case operation names as the Rust
+# SDK spells them) or duties of the Lambda runtime that need them.
+LOGS = ["logs:CreateLogStream", "logs:PutLogEvents"]
+RUNTIME = "runtime"
+COMMON = {
+    "WriteOwnLogs": (LOGS, [RUNTIME]),  # the function's log lines, written by Lambda
+    "DeadLetterOwnQueue": (["sqs:SendMessage"], [RUNTIME]),  # Lambda's async DLQ delivery
+    "ListCheckpointPrefix": (["s3:ListBucket"], ["list_objects_v2"]),
+    # ranged GET of manifests, stream-hash fallback; HeadObject is authorized as s3:GetObject
+    "ReadCheckpoints": (["s3:GetObject"], ["get_object", "head_object"]),
+    "DecryptCheckpointsViaS3": (["kms:Decrypt"], ["get_object"]),
+    # PutObject If-None-Match, HeadObject after a 412
+    "ReadWriteLedgerRecords": (["s3:GetObject", "s3:PutObject"], ["put_object", "head_object"]),
+    "PublishSpotcheckEvents": (["events:PutEvents"], ["put_events"]),
+    "PassTrainingRolesToSageMaker": (["iam:PassRole"], ["create_training_job"]),
+    "DescribeOptedInTrainingJobs": (["sagemaker:DescribeTrainingJob"], ["describe_training_job"]),
+    "ReadTrainingJobTags": (["sagemaker:ListTags"], ["list_tags"]),
+}
+GRANTS = {
+    "SageMakerEventsRole": {
+        **COMMON,
+        "CreateOptedInTrainingJobs": (["sagemaker:CreateTrainingJob"], ["create_training_job"]),
+        # CreateTrainingJob's Tags are authorized as sagemaker:AddTags (tag-on-create only)
+        "TagOnCreateTrainingJob": (["sagemaker:AddTags"], ["create_training_job"]),
+        "ReadPriceTable": (["s3:GetObject"], ["get_object"]),
+    },
+    "Ec2SpotEventsRole": {
+        **COMMON,
+        "DescribeInstanceTagsInRegion": (["ec2:DescribeTags"], ["describe_tags"]),
+        "ReadContinuationTemplates": (["s3:GetObject"], ["get_object"]),
+        "CreateContinuationTrainingJobs": (["sagemaker:CreateTrainingJob"], ["create_training_job"]),
+        "TagOnCreateContinuationTrainingJob": (["sagemaker:AddTags"], ["create_training_job"]),
+    },
+}
 
 
 class CfnLoader(yaml.SafeLoader):
@@ -148,6 +195,33 @@ def check(path: str) -> list[str]:
             package = tomllib.load(open(manifest, "rb")).get("package", {}).get("name")
             if package != binary:
                 errors.append(f"{name}: Binary {binary!r} but {rel}/Cargo.toml builds {package!r}")
+
+    # 5. every grant needed by a call the code makes
+    source = ""
+    for directory in SOURCE_DIRS:
+        for dirpath, _, files in os.walk(directory):
+            for file in files:
+                if file.endswith(".rs"):
+                    source += open(os.path.join(dirpath, file), encoding="utf-8").read()
+    for role, grants in GRANTS.items():
+        res = resources.get(role)
+        if res is None:
+            errors.append(f"{role}: no such resource")
+            continue
+        found: dict[str, list[str]] = {}
+        for policy in res["Properties"].get("Policies", []):
+            for stmt in statements(policy["PolicyDocument"]):
+                if stmt.get("Effect") == "Allow":
+                    found[stmt.get("Sid", "?")] = sorted(as_list(stmt.get("Action", [])))
+        for sid, actions in sorted(found.items()):
+            if sid not in grants:
+                errors.append(f"{role}/{sid}: grants {actions}, which no call of the code needs")
+            elif actions != sorted(grants[sid][0]):
+                errors.append(f"{role}/{sid}: grants {actions}, the code needs {sorted(grants[sid][0])}")
+        for sid, (_, calls) in sorted(grants.items()):
+            for call in calls:
+                if call != RUNTIME and not re.search(rf"\b{call}\b", source):
+                    errors.append(f"{role}/{sid}: justified by {call}, which the code no longer calls")
 
     # 4. rule targets
     for name, res in resources.items():

@@ -18,6 +18,11 @@
 //!    listed in [`CheckpointValidation::size_only`].
 //! 4. `judge_at` decides; the walk stops at the first valid checkpoint.
 //!
+//! A prefix that holds objects but none in a spotcheck checkpoint directory holds another
+//! library's checkpoints (Hugging Face Trainer's `checkpoint-500/`, a plain `torch.save`): its
+//! summary says [`Validation::UnknownFormat`] instead of "no valid checkpoint", so the engine
+//! relaunches without judging progress it cannot see.
+//!
 //! Cost: one LIST page per 1000 keys, then per checkpoint judged one GET of at most 1 MiB and one
 //! HEAD per file — it grows with the number of files, not their bytes (except the stream-hash
 //! fallback). Checkpoints older than the newest valid one are not judged: nothing resumes from
@@ -28,7 +33,7 @@ use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use spotcheck_control::CheckpointSummary;
+use spotcheck_control::{CheckpointSummary, Validation};
 use spotcheck_protocol::{
     check_namespace, crc64nvme_to_base64, is_transport_name, judge_at, parse_step_dir_name,
     CheckpointReport, Location, Manifest, ObservedFile, Status, MANIFEST_FILE, MAX_MANIFEST_BYTES,
@@ -248,6 +253,12 @@ pub async fn validate_checkpoints<S: CheckpointStore + Sync>(
         parse_s3_uri(uri).ok_or_else(|| ValidationError::BadUri(uri.to_owned()))?;
     let listing = store.list(&bucket, &prefix).await?;
     let groups = group(&prefix, &listing);
+    let foreign = listing.iter().any(|object| {
+        object
+            .key
+            .strip_prefix(&prefix)
+            .is_some_and(|rel| !rel.is_empty() && !rel.split('/').any(is_transport_name))
+    });
     let mut result = CheckpointValidation {
         uri: uri.to_owned(),
         summary: CheckpointSummary::default(),
@@ -256,6 +267,10 @@ pub async fn validate_checkpoints<S: CheckpointStore + Sync>(
         not_judged: 0,
         size_only: Vec::new(),
     };
+    if groups.is_empty() && foreign {
+        result.summary.validation = Validation::UnknownFormat;
+        return Ok(result);
+    }
     let mut newest_first: Vec<_> = groups.into_iter().collect();
     newest_first.sort_by_key(|(location, _)| std::cmp::Reverse((location.step, location.name())));
     let total = newest_first.len();

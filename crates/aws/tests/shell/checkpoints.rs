@@ -12,6 +12,8 @@ use spotcheck_aws::checkpoints::ValidationError;
 use spotcheck_aws::{validate_checkpoints, CheckpointValidation, ErrorKind, ValidationOptions};
 use spotcheck_protocol::{CheckpointWriter, Status, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
+use spotcheck_control::Validation;
+
 use crate::fakes::FakeStore;
 
 pub const BUCKET: &str = "ckpt-bucket";
@@ -577,4 +579,41 @@ async fn an_empty_prefix_a_bad_uri_and_failing_calls() {
     }
     // And with the failures spent, the same prefix validates.
     assert_eq!(validate(&store).await.summary.latest_valid_step, Some(1200));
+}
+
+/// Regression: a prefix of another library's checkpoints (no spotcheck manifest anywhere) read
+/// as "no valid checkpoint", as if the job had none.
+#[tokio::test]
+async fn checkpoints_without_any_spotcheck_directory_are_an_unknown_format() {
+    let store = FakeStore::default();
+    // Hugging Face Trainer, and a plain torch.save, with SageMaker's upload markers.
+    for key in [
+        "runs/train/checkpoint-500/pytorch_model.bin",
+        "runs/train/checkpoint-500/trainer_state.json",
+        "runs/train/checkpoint-500/trainer_state.json.sagemaker-uploaded",
+        "runs/train/model.pt",
+    ] {
+        store.put(BUCKET, key, b"data");
+    }
+    let v = validate(&store).await;
+    assert_eq!(v.summary.validation, Validation::UnknownFormat);
+    assert_eq!(v.summary.latest_valid_step, None);
+    assert!(v.checkpoints.is_empty());
+    assert_eq!(store.calls.get("ListObjectsV2"), 1);
+    assert_eq!(store.calls.total(), 1, "nothing to GET or HEAD");
+
+    // Nothing at all, or only markers: judged, and nothing is valid.
+    let empty = FakeStore::default();
+    empty.put(BUCKET, "runs/train/x.bin.sagemaker-uploading", b"");
+    empty.put(BUCKET, "runs/other/model.pt", b"elsewhere");
+    assert_eq!(
+        validate(&empty).await.summary.validation,
+        Validation::Judged
+    );
+
+    // One spotcheck checkpoint directory, even a torn one, makes it spotcheck's: judged.
+    store.put(BUCKET, &key(1200, "model.safetensors"), b"torn");
+    let v = validate(&store).await;
+    assert_eq!(v.summary.validation, Validation::Judged);
+    assert_eq!(v.checkpoints.len(), 1);
 }
