@@ -596,15 +596,15 @@ impl Store {
 enum Command {
     /// Upload this committed checkpoint (the newest wins).
     Upload(ValidCheckpoint),
-    /// Abandon what is in flight, upload this one before the deadline (then prune S3 when
-    /// asked), answer, and end.
+    /// Upload this one before the deadline, answer, and end (see [`Mirror::finish`]).
     Final(Final),
 }
 
 struct Final {
     ckpt: ValidCheckpoint,
     deadline: Instant,
-    prune: bool,
+    /// A stop: abandon the upload in flight, and leave pruning to a later run.
+    stopping: bool,
     reply: std_mpsc::Sender<Result<u64, String>>,
 }
 
@@ -653,21 +653,22 @@ impl Mirror {
         MirrorSender(self.tx.clone())
     }
 
-    /// Uploads the final checkpoint before `deadline`, abandoning any upload in flight, prunes
-    /// S3 after it when `prune` (not on a stop: the deadline is for the checkpoint), and stops
-    /// the mirror. Returns the bytes sent.
+    /// Uploads the final checkpoint before `deadline` and stops the mirror; returns the bytes
+    /// sent. On a stop (`stopping`) the upload in flight is abandoned for it and S3 is not
+    /// pruned (the deadline is for the checkpoint); at the end of training the upload in flight
+    /// finishes first and S3 is pruned after.
     pub fn finish(
         &mut self,
         ckpt: ValidCheckpoint,
         deadline: Instant,
-        prune: bool,
+        stopping: bool,
     ) -> Result<u64, String> {
         let (reply, answer) = std_mpsc::channel();
         let tx = self.tx.take().ok_or("the S3 mirror has stopped")?;
         tx.send(Command::Final(Final {
             ckpt,
             deadline,
-            prune,
+            stopping,
             reply,
         }))
         .map_err(|_| "the S3 mirror has stopped".to_string())?;
@@ -692,7 +693,7 @@ impl Drop for Mirror {
 
 async fn final_upload(store: &Store, root: &Path, namespace: &str, keep: usize, last: Final) {
     let result = final_upload_inner(store, root, &last.ckpt, last.deadline).await;
-    if result.is_ok() && last.prune {
+    if result.is_ok() && !last.stopping {
         prune_logged(store, namespace, keep, last.ckpt.manifest.step).await;
     }
     let _ = last.reply.send(result);
@@ -743,7 +744,12 @@ async fn mirror_loop(
     mut rx: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut queued: Option<ValidCheckpoint> = None;
+    let mut last_one: Option<Final> = None;
     loop {
+        if let Some(last) = last_one.take() {
+            final_upload(&store, &root, &namespace, keep, last).await;
+            return;
+        }
         let ckpt = match queued.take() {
             Some(c) => c,
             None => match rx.recv().await {
@@ -766,12 +772,17 @@ async fn mirror_loop(
                     // A newer checkpoint waits for this upload (abandoning it for the newest
                     // would starve a slow link of ever finishing one).
                     Some(Command::Upload(newer)) => queued = Some(newer),
-                    Some(Command::Final(last)) => {
+                    Some(Command::Final(last)) if last.stopping => {
                         if last.ckpt.manifest.step != step {
                             tracing::info!(event = "s3_upload_abandoned", step, final_step = last.ckpt.manifest.step, "abandoning this upload for the final checkpoint");
                         }
                         final_upload(&store, &root, &namespace, keep, last).await;
                         return;
+                    }
+                    // Training ended: no hurry; this upload finishes, then the final one.
+                    Some(Command::Final(last)) => {
+                        queued = None;
+                        last_one = Some(last);
                     }
                     None => break None,
                 },

@@ -470,7 +470,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
     if let Some(ckpt) = book.last_committed.clone() {
         let deadline = upload_deadline(stop, run.flags.spot_deadline_ms());
         let left = deadline.saturating_duration_since(Instant::now());
-        match persister.finish_upload(&dest, ckpt, deadline, stop.is_none()) {
+        match persister.finish_upload(&dest, ckpt, deadline, stop.is_some()) {
             None => {}
             Some(Ok(bytes)) => {
                 tracing::info!(event = "s3_final_uploaded", step = state.step, bytes)

@@ -59,6 +59,24 @@ pub fn plan_retention(
     in_use: &[&str],
     uploads: Uploads<'_>,
 ) -> Vec<RetentionAction> {
+    let counted = match uploads {
+        Uploads::Unsynced => None,
+        Uploads::Synced(uploaded) => Some(uploaded),
+    };
+    plan_retention_counting(checkpoints, keep_last, in_use, counted)
+}
+
+/// [`plan_retention`] with the set of checkpoints that count given directly: `None`, every
+/// valid one; `Some(names)`, only those (e.g. the uploaded ones, or — in a multi-host job root —
+/// those of committed steps, or both: see `crate::committed_checkpoints`). The rules are the
+/// same: the newest counted checkpoint is never deleted, valid ones newer than it are kept, the
+/// newest `keep_last` counted ones are kept.
+pub fn plan_retention_counting(
+    checkpoints: &[CheckpointReport],
+    keep_last: usize,
+    in_use: &[&str],
+    counted_names: Option<&BTreeSet<String>>,
+) -> Vec<RetentionAction> {
     let keep_last = keep_last.max(1);
     let mut namespaces: BTreeMap<Option<&str>, Vec<&CheckpointReport>> = BTreeMap::new();
     for checkpoint in checkpoints {
@@ -79,13 +97,13 @@ pub fn plan_retention(
         let Some(&newest_valid) = valid_steps.first() else {
             continue;
         };
-        // The valid checkpoints that count as kept: all of them, or those in S3.
-        let counted: Vec<u64> = match uploads {
-            Uploads::Unsynced => valid_steps.clone(),
-            Uploads::Synced(uploaded) => {
+        // The valid checkpoints that count as kept: all of them, or the named ones.
+        let counted: Vec<u64> = match counted_names {
+            None => valid_steps.clone(),
+            Some(names) => {
                 let mut steps: Vec<u64> = group
                     .iter()
-                    .filter(|c| c.status == Status::Valid && uploaded.contains(&c.name))
+                    .filter(|c| c.status == Status::Valid && names.contains(&c.name))
                     .map(|c| c.step)
                     .collect();
                 steps.sort_unstable_by(|a, b| b.cmp(a));
