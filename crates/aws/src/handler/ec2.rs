@@ -39,7 +39,7 @@ use spotcheck_control::{
 
 use super::{
     parse_relevant, publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError,
-    Journal, LedgerEntry, LogSink, Outcome,
+    Journal, LedgerEntry, LineageRef, LogSink, Outcome,
 };
 use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError};
 use crate::continuation::{
@@ -143,6 +143,10 @@ where
         let Action::Record(Record::InstanceInterruption(interruption)) = &decision.action else {
             return Ok(Outcome::Ignored);
         };
+        j.lineage = Some(LineageRef {
+            root: interruption.run.clone(),
+            attempt: None,
+        });
 
         if !interruption.advisory {
             if let Some(uri) = &interruption.checkpoint_uri {
