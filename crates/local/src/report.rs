@@ -16,14 +16,16 @@
 //! - **Checkpoint overhead** = time the training loop stalled for checkpoints (the trainer's
 //!   `stall_seconds`) over the processes' wall time.
 //! - **Counterfactual**: `spotcheck_report::counterfactual` over the jobs as attempts (attempt
-//!   = creation order; resume step = the step its first trainer process resumed from) — what
-//!   the lineage would have ended with without spotcheck, and fully on-demand.
+//!   and resume step from the relaunch's `spotcheck:*` tags, else creation order and the step
+//!   its first trainer process resumed from) — what the lineage would have ended with without
+//!   spotcheck, and fully on-demand.
 
 use serde::Serialize;
 use spotcheck_control::savings::{
     attempt_facts, job_savings, lineage_savings, LineageSummary, SavingsRecord,
 };
-use spotcheck_control::{JobFacts, PriceTable};
+use spotcheck_control::tags::keys;
+use spotcheck_control::{JobFacts, PriceTable, Tags};
 use spotcheck_report::counterfactual::{counterfactual, Counterfactual};
 
 use crate::clock::EpochMs;
@@ -280,13 +282,22 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             .as_ref()
             .and_then(|f| job_savings(f, inputs.prices).ok());
         if let Some(f) = job_facts {
-            let mut attempt = attempt_facts(&f, inputs.prices);
-            attempt.attempt = u32::try_from(index + 1).unwrap_or(u32::MAX);
-            attempt.resume_step = inputs
-                .processes
-                .iter()
-                .find(|p| p.job == j.name)
-                .and_then(|p| p.resumed_from);
+            // The relaunch's tags say its attempt and the step it resumes from, as in AWS.
+            let mut tags = Tags::new();
+            for (k, v) in &j.tags {
+                tags.insert(k.clone(), v.clone());
+            }
+            let mut attempt = attempt_facts(&f.clone().with_tags(&tags), inputs.prices);
+            if tags.get(keys::ATTEMPT).is_none() {
+                attempt.attempt = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            }
+            attempt.resume_step = attempt.resume_step.or_else(|| {
+                inputs
+                    .processes
+                    .iter()
+                    .find(|p| p.job == j.name)
+                    .and_then(|p| p.resumed_from)
+            });
             attempts.push(attempt);
             facts.push(f);
         }
