@@ -37,3 +37,10 @@ eval "$(bash scripts/emulators.sh env)"
 
 step "cargo test (unit, integration, replay)"
 cargo test --workspace --locked
+
+# The README's first command exactly as a newcomer runs it: from the repository root, with
+# its defaults (relative work directory, the default market with unwarned reclaims and a slow
+# checkpoint uploader, default checkpoint settings) — only a shorter run. It exits non-zero
+# unless the lineage completed with weights identical to the uninterrupted run's.
+step "the README's first command: scripts/demo.sh (a shorter run)"
+scripts/demo.sh --steps 240
