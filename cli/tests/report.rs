@@ -33,20 +33,27 @@ fn spotcheck(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bad_arguments_exit_2_before_any_call() {
-    for args in [
-        vec!["--ledger", "ledger/spotcheck"],
-        vec!["--ledger", "s3://"],
-        vec!["--ledger", "s3://l/p", "--since", "last week"],
-        vec![
-            "--ledger",
-            "s3://l/p",
+    let since_after_until = vec![
+        "--ledger",
+        "s3://l/p",
+        "--since",
+        "2026-12-01",
+        "--until",
+        "2026-11-01",
+    ];
+    for (args, says) in [
+        (vec!["--ledger", "ledger/spotcheck"], "--ledger"),
+        (vec!["--ledger", "s3://"], "--ledger"),
+        (
+            vec!["--ledger", "s3://l/p", "--since", "last week"],
             "--since",
-            "2026-12-01",
-            "--until",
-            "2026-11-01",
-        ],
-        vec!["--ledger", "s3://l/p", "--concurrency", "0"],
-        vec!["--since", "2026-12-01"],
+        ),
+        (since_after_until, "--since must be before --until"),
+        (
+            vec!["--ledger", "s3://l/p", "--concurrency", "0"],
+            "--concurrency",
+        ),
+        (vec!["--since", "2026-12-01"], "--ledger"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_spotcheck"))
             .arg("report")
@@ -55,8 +62,10 @@ fn bad_arguments_exit_2_before_any_call() {
             .env("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
             .output()
             .expect("spotcheck runs");
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        assert!(!out.stderr.is_empty(), "{args:?} says why");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} says why: {stderr}");
+        assert!(!stderr.contains("ListObjectsV2"), "{args:?}: {stderr}");
     }
 }
 

@@ -80,6 +80,7 @@ async fn the_report_of_a_real_lineage_matches_what_sagemaker_ran() {
             outages: vec![(P3.into(), 400.0, 300.0), (P3.into(), 1600.0, 1.0e7)],
             tracked_events: true,
             grace_seconds: 120.0,
+            ..Options::default()
         },
     )
     .await;
