@@ -15,12 +15,18 @@
    crates/control/src and functions/) that need them. A statement or action the table does not
    list fails, and so does a listed SDK call the code no longer makes: removing a call from the
    code makes its grant fail here until the grant is removed too.
+6. The dashboard's body is JSON once its ${...} references are substituted; each reference
+   names a parameter, a resource (or one of its attributes) or a pseudo parameter; every
+   Spotcheck metric it plots is one crates/control/src/outputs.rs emits; its log queries read
+   only the stack's log groups, filtered to the handlers' decision lines; its alarm widget
+   lists every alarm of the template; widgets fit the 24-column grid.
 
 Exits 1 listing every violation. Needs PyYAML (any of the tool venvs has it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -31,6 +37,8 @@ import yaml
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 POLICY_RS = os.path.join(ROOT, "crates", "control", "src", "policy.rs")
+OUTPUTS_RS = os.path.join(ROOT, "crates", "control", "src", "outputs.rs")
+PSEUDO_PARAMETERS = {"AWS::Region", "AWS::StackName", "AWS::AccountId", "AWS::Partition", "AWS::URLSuffix"}
 # Variables the template sets that are not policy settings (owned by the Lambdas' shells).
 NON_POLICY_VARS = {
     "SPOTCHECK_LEDGER_BUCKET",
@@ -231,6 +239,75 @@ def check(path: str) -> list[str]:
             for key in ("RetryPolicy", "DeadLetterConfig"):
                 if key not in target:
                     errors.append(f"{name}/{target.get('Id')}: no {key}")
+
+    # 6. dashboards
+    errors.extend(check_dashboards(template))
+    return errors
+
+
+def emitted_metrics() -> set[str]:
+    """Metric names the EMF lines of crates/control/src/outputs.rs declare."""
+    text = open(OUTPUTS_RS, encoding="utf-8").read()
+    return set(re.findall(r'"Name":\s*"([A-Za-z]+)"', text))
+
+
+def check_dashboards(template: dict[str, Any]) -> list[str]:
+    errors: list[str] = []
+    resources: dict[str, Any] = template["Resources"]
+    parameters = set(template.get("Parameters", {}))
+    alarms = {name for name, res in resources.items() if res["Type"] == "AWS::CloudWatch::Alarm"}
+    log_groups = {name for name, res in resources.items() if res["Type"] == "AWS::Logs::LogGroup"}
+    metrics = emitted_metrics()
+    for name, res in resources.items():
+        if res["Type"] != "AWS::CloudWatch::Dashboard":
+            continue
+        body = res["Properties"].get("DashboardBody")
+        if not (isinstance(body, dict) and isinstance(body.get("Fn::Sub"), str)):
+            errors.append(f"{name}: DashboardBody must be a !Sub string of JSON")
+            continue
+        text = body["Fn::Sub"]
+        refs = re.findall(r"\$\{([^}]*)\}", text)
+        for ref in refs:
+            base = ref.split(".", 1)[0]
+            if ref not in PSEUDO_PARAMETERS and base not in resources and base not in parameters:
+                errors.append(f"{name}: ${{{ref}}} names nothing in the template")
+        try:
+            dashboard = json.loads(re.sub(r"\$\{([^}]*)\}", lambda m: "REF_" + m.group(1), text))
+        except json.JSONDecodeError as e:
+            errors.append(f"{name}: DashboardBody is not JSON: {e}")
+            continue
+        listed_alarms: set[str] = set()
+        for i, widget in enumerate(dashboard.get("widgets", [])):
+            where = f"{name} widget {i} ({widget.get('properties', {}).get('title', widget.get('type'))})"
+            x, width = widget.get("x", 0), widget.get("width", 6)
+            if x < 0 or x + width > 24:
+                errors.append(f"{where}: x {x} + width {width} leaves the 24-column grid")
+            props = widget.get("properties", {})
+            kind = widget.get("type")
+            if kind in ("metric", "log") and "region" not in props:
+                errors.append(f"{where}: no region")
+            if kind == "metric":
+                for metric in props.get("metrics", []):
+                    if metric[0] == "Spotcheck" and metric[1] not in metrics:
+                        errors.append(f"{where}: Spotcheck/{metric[1]} is not emitted by outputs.rs ({sorted(metrics)})")
+            elif kind == "log":
+                query = props.get("query", "")
+                sources = re.findall(r"SOURCE '([^']*)'", query)
+                if not sources:
+                    errors.append(f"{where}: the query names no SOURCE")
+                for source in sources:
+                    if not (source.startswith("REF_") and source[4:] in log_groups):
+                        errors.append(f"{where}: SOURCE {source!r} is not a log group of the stack")
+                if "spotcheck = 'decision'" not in query:
+                    errors.append(f"{where}: the query must keep to the decision lines (spotcheck = 'decision')")
+            elif kind == "alarm":
+                for arn in props.get("alarms", []):
+                    alarm = arn.removeprefix("REF_").removesuffix(".Arn")
+                    if alarm not in alarms:
+                        errors.append(f"{where}: {arn} is not an alarm of the template")
+                    listed_alarms.add(alarm)
+        for alarm in sorted(alarms - listed_alarms):
+            errors.append(f"{name}: alarm {alarm} is not on the dashboard")
     return errors
 
 

@@ -45,7 +45,8 @@ use spotcheck_control::{
 
 use super::{
     existing_job_tags, parse_relevant, publish, record_validation, validate_for_decision,
-    write_record, Handled, HandlerConfig, HandlerError, Journal, LedgerEntry, LogSink, Outcome,
+    write_record, Handled, HandlerConfig, HandlerError, Journal, LedgerEntry, LineageRef, LogSink,
+    Outcome,
 };
 use crate::checkpoints::CheckpointStore;
 use crate::continuation::{
@@ -149,6 +150,10 @@ where
         let Action::Record(Record::InstanceInterruption(interruption)) = &decision.action else {
             return Ok(Outcome::Ignored);
         };
+        j.lineage = Some(LineageRef {
+            root: interruption.run.clone(),
+            attempt: None,
+        });
 
         let mut summary = None;
         if !interruption.advisory {

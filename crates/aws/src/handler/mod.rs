@@ -215,6 +215,18 @@ struct Journal {
     effects: Vec<String>,
     error: Option<String>,
     retryable: Option<bool>,
+    /// The lineage (or EC2 run) the subject belongs to, for the ledger records; not logged.
+    #[serde(skip)]
+    lineage: Option<LineageRef>,
+}
+
+/// Where a ledger record's subject stands: its lineage's root (an EC2 run's name) and its
+/// attempt, so that a report attributes every record without another lookup.
+#[derive(Clone, Debug, Serialize)]
+struct LineageRef {
+    root: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 impl Journal {
@@ -233,6 +245,7 @@ impl Journal {
             effects: Vec::new(),
             error: None,
             retryable: None,
+            lineage: None,
         }
     }
 
@@ -273,13 +286,16 @@ impl Journal {
     }
 }
 
-/// A ledger record: what happened, when it was recorded, and the fact itself.
+/// A ledger record: what happened, when it was recorded, the lineage it belongs to (when known),
+/// and the fact itself.
 #[derive(Serialize)]
 struct LedgerEntry<'a, T: Serialize> {
     kind: &'static str,
     recorded_at: String,
     event_key: Option<&'a str>,
     reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lineage: Option<&'a LineageRef>,
     #[serde(flatten)]
     record: T,
 }
@@ -291,6 +307,7 @@ impl<'a, T: Serialize> LedgerEntry<'a, T> {
             recorded_at: now.to_rfc3339(),
             event_key: journal.event_key.as_deref(),
             reason: journal.reason.as_deref().unwrap_or(""),
+            lineage: journal.lineage.as_ref(),
             record,
         }
     }

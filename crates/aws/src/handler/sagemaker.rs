@@ -21,13 +21,17 @@
 //!
 //! A lineage summary needs every attempt's times: it describes the root (attempt 1, named by
 //! `spotcheck:root`) and each deterministic relaunch name `relaunch_name(root, a)` for
-//! `a = 2..attempt`; an attempt that cannot be described is listed as skipped.
+//! `a = 2..attempt`, and lists each one's tags (its attempt number and resume step, for the
+//! summary's attempt facts); an attempt that cannot be described is listed as skipped.
 
+use serde::Serialize;
 use spotcheck_control::decision::staleness;
 use spotcheck_control::events::Signal;
 use spotcheck_control::naming::relaunch_name;
 use spotcheck_control::outputs::{job_savings_metrics, lineage_savings_metrics, OutputEvent};
-use spotcheck_control::savings::{job_savings, lineage_savings, SkippedJob};
+use spotcheck_control::savings::{
+    attempt_facts, job_savings, lineage_savings, AttemptFacts, SkippedJob,
+};
 use spotcheck_control::status::TrainingJobStatus;
 use spotcheck_control::{
     decide, Action, CheckpointSummary, Decision, DecisionInput, GiveUp, GiveUpCause, JobFacts,
@@ -36,13 +40,22 @@ use spotcheck_control::{
 
 use super::{
     existing_job_tags, parse_relevant, publish, record_validation, validate_for_decision,
-    write_record, Handled, HandlerConfig, HandlerError, Journal, LedgerEntry, LogSink, Outcome,
+    write_record, Handled, HandlerConfig, HandlerError, Journal, LedgerEntry, LineageRef, LogSink,
+    Outcome,
 };
 use crate::checkpoints::CheckpointStore;
 use crate::error::ErrorKind;
 use crate::events::EventSink;
 use crate::ledger::{keys, Ledger, Written};
 use crate::sagemaker::{relaunch_request, Created, TrainingJobs};
+
+/// A give-up record: the decision's payload and the facts of the job that gave up.
+#[derive(Serialize)]
+struct GaveUpRecord<'a> {
+    #[serde(flatten)]
+    give_up: &'a spotcheck_control::GiveUp,
+    job: AttemptFacts,
+}
 
 /// The handler of the `sagemaker-events` function, generic over its four adapters.
 #[derive(Clone, Debug)]
@@ -190,6 +203,10 @@ where
         };
         let decision = decide(&input);
         j.decided(&decision);
+        j.lineage = Some(LineageRef {
+            root: input.lineage.root.clone(),
+            attempt: Some(input.lineage.attempt),
+        });
 
         // 6. Act; then records; then events.
         let mut events = Vec::new();
@@ -231,7 +248,7 @@ where
                                     event_key: decision.event_key.clone(),
                                 };
                                 j.effect(collision);
-                                self.give_up(&gave_up, now, j, &mut events).await?;
+                                self.give_up(&gave_up, &facts, now, j, &mut events).await?;
                                 Outcome::GaveUp
                             }
                         }
@@ -239,7 +256,7 @@ where
                 }
             }
             Action::GiveUp(_) => {
-                self.give_up(&decision, now, j, &mut events).await?;
+                self.give_up(&decision, &facts, now, j, &mut events).await?;
                 Outcome::GaveUp
             }
             Action::Record(record) => {
@@ -266,6 +283,7 @@ where
     async fn give_up(
         &self,
         decision: &Decision,
+        facts: &JobFacts,
         now: Timestamp,
         j: &mut Journal,
         events: &mut Vec<Result<spotcheck_control::outputs::EventEntry, serde_json::Error>>,
@@ -273,9 +291,14 @@ where
         let Action::GiveUp(give_up) = &decision.action else {
             return Ok(());
         };
+        // The job's own facts: what the attempt that ends the lineage ran and cost.
+        let record = GaveUpRecord {
+            give_up,
+            job: attempt_facts(facts, &self.config.prices),
+        };
         let body = serde_json::to_vec(&LedgerEntry {
             reason: &decision.reason,
-            ..LedgerEntry::new("recovery_gave_up", now, j, give_up)
+            ..LedgerEntry::new("recovery_gave_up", now, j, record)
         })?;
         let key = keys::give_up(&give_up.root, &give_up.job_name);
         write_record(&self.ledger, j, &key, body).await?;
@@ -350,6 +373,20 @@ where
         }
     }
 
+    /// `facts` with the job's tags (DescribeTrainingJob returns none): its attempt number and
+    /// resume step, for the lineage summary's attempt facts. A job whose tags cannot be read
+    /// (gone, or not opted in) keeps its facts without them.
+    async fn with_tags(&self, facts: JobFacts) -> Result<JobFacts, HandlerError> {
+        let Some(arn) = facts.arn.clone() else {
+            return Ok(facts);
+        };
+        match self.jobs.list_tags(&arn).await {
+            Ok(tags) => Ok(facts.with_tags(&tags)),
+            Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => Ok(facts),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The facts of every attempt of a lineage, from the deterministic names (see the module
     /// doc); attempts that cannot be described are returned as skipped.
     async fn lineage_jobs(
@@ -370,7 +407,7 @@ where
                 continue;
             }
             match self.jobs.describe(&name).await {
-                Ok(described) => jobs.push(described.facts),
+                Ok(described) => jobs.push(self.with_tags(described.facts).await?),
                 Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => {
                     skipped.push(SkippedJob {
                         job_name: name,

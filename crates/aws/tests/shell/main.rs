@@ -1,11 +1,12 @@
 //! One integration-test binary for the shell: in-memory fakes of the adapter traits
 //! ([`fakes`]), real-shaped fixtures, and the handler, relaunch, continuation and validation
-//! tests.
+//! tests, and what the ledger records carry for reports.
 
 mod checkpoints;
 mod continuation;
 mod ec2;
 mod fakes;
 mod invoke;
+mod records;
 mod relaunch;
 mod sagemaker;
