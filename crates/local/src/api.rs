@@ -112,6 +112,8 @@ pub struct TrainingJobRequest {
     pub image: String,
     /// `ResourceConfig.InstanceType`.
     pub instance_type: String,
+    /// `ResourceConfig.InstanceCount`: hosts `algo-1` … `algo-<n>`, run together.
+    pub instance_count: u32,
     /// `EnableManagedSpotTraining`.
     pub spot: bool,
     /// `StoppingCondition.MaxRuntimeInSeconds` (default one day).
@@ -140,6 +142,8 @@ pub struct TrainingJobRequest {
 pub const DEFAULT_MAX_RUNTIME: u64 = 86_400;
 /// 28 days, SageMaker's largest `MaxRuntimeInSeconds`.
 pub const MAX_MAX_RUNTIME: u64 = 28 * 86_400;
+/// Most instances one local job may ask for (each host is a process on this machine).
+pub const MAX_INSTANCES: u64 = 8;
 /// `ResourceConfig.VolumeSizeInGB` when a request leaves it out.
 pub const DEFAULT_VOLUME_SIZE_GB: u64 = 30;
 
@@ -360,11 +364,13 @@ impl TrainingJobRequest {
                 "ResourceConfig.InstanceType {instance_type:?} is not an ml.* instance type"
             )));
         }
-        match member(body, &["ResourceConfig", "InstanceCount"]).and_then(Value::as_u64) {
-            Some(1) => {}
-            Some(n) => return Err(ApiError::validation(format!("ResourceConfig.InstanceCount {n}: the local service runs single-instance jobs only"))),
+        let instance_count = match member(body, &["ResourceConfig", "InstanceCount"])
+            .and_then(Value::as_u64)
+        {
+            Some(n @ 1..=MAX_INSTANCES) => n as u32,
+            Some(n) => return Err(ApiError::validation(format!("ResourceConfig.InstanceCount {n}: the local service runs 1 to {MAX_INSTANCES} instances per job (each is a process on this machine)"))),
             None => return Err(ApiError::validation("1 validation error detected: Value null at 'resourceConfig.instanceCount' failed to satisfy constraint: Member must not be null")),
-        }
+        };
         seconds(
             body,
             &["ResourceConfig", "VolumeSizeInGB"],
@@ -480,6 +486,7 @@ impl TrainingJobRequest {
             name,
             image,
             instance_type,
+            instance_count,
             spot,
             max_runtime_seconds,
             max_wait_seconds,
@@ -502,6 +509,7 @@ impl TrainingJobRequest {
             max_wait_seconds: self.max_wait_seconds,
             billable_ratio: if self.spot { billable_ratio } else { 1.0 },
             grace_ms,
+            instance_count: self.instance_count,
         }
     }
 }
@@ -713,7 +721,16 @@ mod tests {
             ),
             ("/TrainingJobName", Value::Null, "must not be null"),
             ("/RoleArn", json!("role"), "roleArn"),
-            ("/ResourceConfig/InstanceCount", json!(2), "single-instance"),
+            (
+                "/ResourceConfig/InstanceCount",
+                json!(9),
+                "1 to 8 instances",
+            ),
+            (
+                "/ResourceConfig/InstanceCount",
+                json!(0),
+                "1 to 8 instances",
+            ),
             ("/ResourceConfig/InstanceType", json!("p3.2xlarge"), "ml.*"),
             (
                 "/StoppingCondition/MaxWaitTimeInSeconds",

@@ -450,7 +450,7 @@ pub async fn run(
                     .filter(|j| j.state.process_alive())
                     .find_map(|j| {
                         j.notes.iter().rev().find_map(|n| match &n.note {
-                            Note::ProcessStarted { instance, log } => {
+                            Note::ProcessStarted { instance, log, .. } => {
                                 Some((j.name.clone(), *instance, log.clone()))
                             }
                             _ => None,
@@ -527,7 +527,7 @@ pub async fn run(
     let mut processes = Vec::new();
     for j in &ordered {
         for n in &j.notes {
-            if let Note::ProcessStarted { instance, log } = &n.note {
+            if let Note::ProcessStarted { instance, log, .. } = &n.note {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 processes.push(parse_log(&j.name, *instance, &text));
             }

@@ -82,6 +82,8 @@ pub struct JobSpec {
     pub billable_ratio: f64,
     /// Simulated milliseconds between SIGTERM and SIGKILL.
     pub grace_ms: i64,
+    /// `ResourceConfig.InstanceCount`: hosts acquired, run, interrupted and restarted together.
+    pub instance_count: u32,
 }
 
 /// Where the instance is.
@@ -192,6 +194,8 @@ pub enum Input {
     Reclaimed {
         /// Whether the process is told (SIGTERM) before it is killed.
         warning: bool,
+        /// The host whose capacity went (0-based); the whole job is interrupted either way.
+        host: u32,
     },
     /// Inputs (data, checkpoints) are in place, or could not be fetched.
     Downloaded(Result<(), String>),
@@ -220,6 +224,9 @@ pub enum Effect {
     Terminate,
     /// SIGKILL the process and wait for it.
     Kill,
+    /// One host's instance is gone without warning: SIGKILL its process, stop its checkpoint
+    /// sync without a last pass.
+    KillHost(u32),
     /// The instance goes away: stop the sync (after a last pass when `flush`), drop the tree.
     Release {
         /// Whether the instance lived long enough for a last checkpoint upload.
@@ -409,7 +416,7 @@ pub fn step(
                 fx.push(Effect::Emit);
             }
         },
-        Input::Reclaimed { warning }
+        Input::Reclaimed { warning, host }
             if spec.spot && matches!(s.phase, Phase::Downloading | Phase::Training) =>
         {
             s.interruptions += 1;
@@ -423,6 +430,12 @@ pub fn step(
                 s.phase = Phase::Interrupted;
                 s.kill_at = Some(now + spec.grace_ms);
                 fx.extend([Effect::Terminate, Effect::Emit]);
+            } else if s.phase == Phase::Training && spec.instance_count > 1 {
+                // One host vanished; SageMaker stops the others (SIGTERM, grace) and restarts
+                // them all. The job continues when every remaining process has exited.
+                s.phase = Phase::Interrupted;
+                s.kill_at = Some(now + spec.grace_ms);
+                fx.extend([Effect::KillHost(host), Effect::Terminate, Effect::Emit]);
             } else if s.phase == Phase::Training {
                 // No warning reached the process: the instance is simply gone, with whatever
                 // the checkpoint sync had not uploaded yet.
@@ -638,6 +651,7 @@ mod tests {
             max_wait_seconds: Some(7200),
             billable_ratio: 0.3,
             grace_ms: 120_000,
+            instance_count: 1,
         }
     }
 
@@ -707,7 +721,13 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (50, Reclaimed { warning: true }),
+                (
+                    50,
+                    Reclaimed {
+                        warning: true,
+                        host: 0,
+                    },
+                ),
                 (52, exited(143)),
                 (60, Capacity),
                 (61, Downloaded(Ok(()))),
@@ -745,7 +765,13 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (10, Reclaimed { warning: true }),
+                (
+                    10,
+                    Reclaimed {
+                        warning: true,
+                        host: 0,
+                    },
+                ),
                 (130, Tick),
             ],
         );
@@ -764,7 +790,13 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (100, Reclaimed { warning: true }),
+                (
+                    100,
+                    Reclaimed {
+                        warning: true,
+                        host: 0,
+                    },
+                ),
                 (101, exited(143)),
                 (7200, Tick),
             ],
@@ -832,6 +864,7 @@ mod tests {
             max_runtime_seconds: 100,
             billable_ratio: 1.0,
             grace_ms: 5_000,
+            instance_count: 1,
         };
         let mut s = JobState::new(&spec, 0);
         s = step(&spec, &s, Capacity, 50_000).0;
@@ -945,7 +978,13 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (20, Reclaimed { warning: true }),
+                (
+                    20,
+                    Reclaimed {
+                        warning: true,
+                        host: 0,
+                    },
+                ),
             ],
         );
         assert!(fx[2].is_empty());
@@ -959,7 +998,13 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (50, Reclaimed { warning: false }),
+                (
+                    50,
+                    Reclaimed {
+                        warning: false,
+                        host: 0,
+                    },
+                ),
             ],
         );
         assert_eq!(fx[2], vec![Kill, Release { flush: false }, Emit]);
@@ -973,10 +1018,69 @@ mod tests {
     }
 
     #[test]
+    fn a_multi_host_job_loses_one_host_and_stops_the_others_then_restarts_them_all() {
+        let spec = JobSpec {
+            instance_count: 2,
+            ..spot()
+        };
+        let (s, fx, seq) = run(
+            &spec,
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (
+                    50,
+                    Reclaimed {
+                        warning: false,
+                        host: 1,
+                    },
+                ),
+                (52, exited(143)),
+                (60, Capacity),
+            ],
+        );
+        assert_eq!(fx[2], vec![KillHost(1), Terminate, Emit]);
+        assert_eq!(fx[3], vec![Release { flush: true }, Emit]);
+        assert_eq!(fx[4], vec![Download, Emit]);
+        assert_eq!(
+            seq[2..],
+            ["Training", "Interrupted", "Starting", "Downloading"]
+        );
+        assert_eq!((s.instances, s.interruptions), (2, 1));
+        // The others never exit: SIGKILL at the end of the grace period, as for one host.
+        let (s, _, _) = run(
+            &spec,
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (
+                    50,
+                    Reclaimed {
+                        warning: false,
+                        host: 0,
+                    },
+                ),
+            ],
+        );
+        let (s, fx) = step(&spec, &s, Tick, 170_000);
+        assert_eq!(fx, vec![Kill, Release { flush: false }, Emit]);
+        assert_eq!(s.phase, Phase::Waiting);
+    }
+
+    #[test]
     fn reclaim_while_downloading_goes_back_to_waiting() {
         let (s, fx, seq) = run(
             &spot(),
-            vec![(0, Capacity), (1, Reclaimed { warning: true })],
+            vec![
+                (0, Capacity),
+                (
+                    1,
+                    Reclaimed {
+                        warning: true,
+                        host: 0,
+                    },
+                ),
+            ],
         );
         assert_eq!(fx[1], vec![Release { flush: false }, Emit]);
         assert_eq!(seq, ["Starting", "Downloading", "Interrupted", "Starting"]);

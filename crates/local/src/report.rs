@@ -258,7 +258,7 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
                         what: format!("checkpoint step {step} in S3"),
                     });
                 }
-                Note::ProcessExited { instance, code } => timeline.push(TimelineEntry {
+                Note::ProcessExited { instance, code, .. } => timeline.push(TimelineEntry {
                     t,
                     job: j.name.clone(),
                     what: format!(

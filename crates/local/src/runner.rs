@@ -1,7 +1,7 @@
 //! The "container": a SageMaker-like `/opt/ml` tree under the work directory, and the training
 //! image run as a local process in it.
 //!
-//! Owns the instance layout (`<workdir>/jobs/<job>/instance-<n>/opt/ml/…`: `input/config/
+//! Owns the instance layout (`<workdir>/jobs/<job>/instance-<n>/<host>/opt/ml/…`: `input/config/
 //! {hyperparameters,resourceconfig,inputdataconfig,checkpointconfig}.json`,
 //! `input/data/<channel>`, `model`, `output`, `checkpoints`), the mapping of container paths
 //! (`/opt/ml/…` in the job's CheckpointConfig.LocalPath) into it, the resolution of a training
@@ -37,19 +37,47 @@ impl Images {
     }
 }
 
-/// Where an instance's `/opt/ml` lives.
+/// SageMaker's host names for a job of `count` instances: `algo-1` … `algo-<count>`.
+pub fn host_names(count: u32) -> Vec<String> {
+    (1..=count.max(1)).map(|i| format!("algo-{i}")).collect()
+}
+
+/// Who one host is among its job's hosts, and where they meet (for `torchrun` and
+/// `torch.distributed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEnv {
+    /// Every host of the job, rank order (`algo-1` is rank 0).
+    pub hosts: Vec<String>,
+    /// This host's rank (index into `hosts`).
+    pub rank: usize,
+    /// The rendezvous port on loopback, fresh for each launch of the instance group.
+    pub master_port: u16,
+}
+
+impl HostEnv {
+    /// This host's name.
+    pub fn name(&self) -> &str {
+        &self.hosts[self.rank]
+    }
+}
+
+/// Where one host's `/opt/ml` lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// The instance directory.
+    /// The host's directory.
     pub instance: PathBuf,
     /// `<instance>/opt/ml`.
     pub opt_ml: PathBuf,
 }
 
 impl Layout {
-    /// The layout of instance `n` of `job`.
-    pub fn new(workdir: &Path, job: &str, n: u32) -> Layout {
-        let instance = workdir.join("jobs").join(job).join(format!("instance-{n}"));
+    /// The layout of `host` in instance group `n` of `job`.
+    pub fn new(workdir: &Path, job: &str, n: u32, host: &str) -> Layout {
+        let instance = workdir
+            .join("jobs")
+            .join(job)
+            .join(format!("instance-{n}"))
+            .join(host);
         Layout {
             opt_ml: instance.join("opt/ml"),
             instance,
@@ -92,7 +120,7 @@ fn write_json(path: &Path, v: &Value) -> Result<(), SyncError> {
 pub async fn prepare(
     layout: &Layout,
     req: &TrainingJobRequest,
-    instance_type: &str,
+    host: &HostEnv,
     s3: &aws_sdk_s3::Client,
 ) -> Result<(), SyncError> {
     if layout.instance.exists() {
@@ -113,7 +141,10 @@ pub async fn prepare(
     )?;
     write_json(
         &config.join("resourceconfig.json"),
-        &json!({"current_host": "algo-1", "current_instance_type": instance_type, "hosts": ["algo-1"],
+        &json!({"current_host": host.name(), "current_instance_type": req.instance_type,
+                "current_group_name": "homogeneousCluster", "hosts": host.hosts,
+                "instance_groups": [{"instance_group_name": "homogeneousCluster",
+                                     "instance_type": req.instance_type, "hosts": host.hosts}],
                 "network_interface_name": "lo"}),
     )?;
     write_json(
@@ -171,12 +202,16 @@ pub async fn prepare(
     Ok(())
 }
 
-/// Starts the training program in the layout, stdout and stderr appended to `log`.
+/// Starts the training program of one host in its layout, stdout and stderr appended to
+/// `log`. Besides SageMaker's variables it gets what `torchrun` and `torch.distributed` read
+/// to meet the other hosts on loopback: `PET_NNODES`, `PET_NODE_RANK`, `PET_MASTER_ADDR`,
+/// `PET_MASTER_PORT` (torchrun's own), and `MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`
+/// (one process per host, `env://` initialisation).
 pub fn spawn(
     program: &Path,
     layout: &Layout,
     req: &TrainingJobRequest,
-    instance_type: &str,
+    host: &HostEnv,
     log: &Path,
 ) -> std::io::Result<tokio::process::Child> {
     if let Some(parent) = log.parent() {
@@ -194,9 +229,20 @@ pub fn spawn(
         .stderr(Stdio::from(err))
         .env("SPOTCHECK_OPT_ML", &layout.opt_ml)
         .env("SPOTCHECK_IMDS", "off")
-        .env("SM_CURRENT_HOST", "algo-1")
-        .env("SM_HOSTS", "[\"algo-1\"]")
-        .env("SM_CURRENT_INSTANCE_TYPE", instance_type)
+        .env("SM_CURRENT_HOST", host.name())
+        .env(
+            "SM_HOSTS",
+            serde_json::to_string(&host.hosts).unwrap_or_default(),
+        )
+        .env("SM_CURRENT_INSTANCE_TYPE", &req.instance_type)
+        .env("PET_NNODES", host.hosts.len().to_string())
+        .env("PET_NODE_RANK", host.rank.to_string())
+        .env("PET_MASTER_ADDR", "127.0.0.1")
+        .env("PET_MASTER_PORT", host.master_port.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", host.master_port.to_string())
+        .env("RANK", host.rank.to_string())
+        .env("WORLD_SIZE", host.hosts.len().to_string())
         .env("SM_MODEL_DIR", layout.model_dir())
         .env("SM_OUTPUT_DATA_DIR", layout.opt_ml.join("output/data"))
         .env("TRAINING_JOB_NAME", &req.name)
@@ -242,16 +288,20 @@ mod tests {
 
     #[test]
     fn container_paths_stay_inside() {
-        let l = Layout::new(Path::new("/w"), "j", 2);
-        assert_eq!(l.opt_ml, PathBuf::from("/w/jobs/j/instance-2/opt/ml"));
+        let l = Layout::new(Path::new("/w"), "j", 2, "algo-1");
+        assert_eq!(
+            l.opt_ml,
+            PathBuf::from("/w/jobs/j/instance-2/algo-1/opt/ml")
+        );
         assert_eq!(
             l.container_path("/opt/ml/checkpoints"),
-            PathBuf::from("/w/jobs/j/instance-2/opt/ml/checkpoints")
+            PathBuf::from("/w/jobs/j/instance-2/algo-1/opt/ml/checkpoints")
         );
         assert_eq!(
             l.container_path("/ckpt"),
-            PathBuf::from("/w/jobs/j/instance-2/ckpt")
+            PathBuf::from("/w/jobs/j/instance-2/algo-1/ckpt")
         );
+        assert_eq!(host_names(2), ["algo-1", "algo-2"]);
         let images = Images {
             default: "/bin/train".into(),
             mapped: [("other".to_string(), PathBuf::from("/bin/other"))]

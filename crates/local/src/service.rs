@@ -111,17 +111,21 @@ pub enum Note {
         /// Training step.
         step: u64,
     },
-    /// Instance `n` started the training process.
+    /// Host `host` of instance group `n` started its training process.
     ProcessStarted {
-        /// Instance number (1-based).
+        /// Instance group number (1-based: 1 + restarts).
         instance: u32,
+        /// The host (`algo-1` …).
+        host: String,
         /// Its log file.
         log: PathBuf,
     },
-    /// The process exited.
+    /// A host's process exited.
     ProcessExited {
-        /// Instance number.
+        /// Instance group number.
         instance: u32,
+        /// The host.
+        host: String,
         /// Exit code (`None`: signal).
         code: Option<i32>,
     },
@@ -163,7 +167,11 @@ pub struct JobView {
 
 enum Msg {
     Input(u32, Input),
-    Ready(u32, Result<Option<Box<CheckpointSync>>, String>),
+    /// Instance group `n` is laid out: one checkpoint sync per host (when the job has a
+    /// checkpoint location).
+    Ready(u32, Result<Vec<Option<CheckpointSync>>, String>),
+    /// One host's process of instance group `n` exited.
+    HostExited(u32, usize, Option<i32>, Option<String>),
 }
 
 struct JobEntry {
@@ -419,10 +427,10 @@ impl TrainingService {
     /// the process): fault injection for tests and experiments, independent of how fast the
     /// machine trains. A job that is not a spot job, or not downloading or training, is not
     /// affected (as by a market outage).
-    pub fn reclaim_now(&self, name: &str, warning: bool) -> Result<(), ApiError> {
+    pub fn reclaim_now(&self, name: &str, warning: bool, host: u32) -> Result<(), ApiError> {
         let jobs = lock(&self.inner.jobs);
         let e = jobs.get(name).ok_or_else(|| ApiError::not_found(name))?;
-        let _ = e.tx.send(Msg::Input(0, Input::Reclaimed { warning }));
+        let _ = e.tx.send(Msg::Input(0, Input::Reclaimed { warning, host }));
         Ok(())
     }
 
@@ -673,9 +681,8 @@ fn note(inner: &Inner, name: &str, note: Note) {
     inner.changes.send_modify(|n| *n += 1);
 }
 
-/// The running process of the current instance.
-struct Running {
-    instance: u32,
+/// One host's process and checkpoint sync.
+struct Host {
     pid: Option<u32>,
     exited: watch::Receiver<bool>,
     /// Stops the sync; `Some(limit)`: after a last pass of at most `limit` (wall time).
@@ -683,7 +690,7 @@ struct Running {
     sync_done: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Running {
+impl Host {
     /// Stops the sync and waits for it; `flush`: after a last pass of at most that long (the
     /// instance's remaining life), else at once, abandoning an upload in flight.
     async fn stop_sync(&mut self, flush: Option<Duration>) {
@@ -695,11 +702,79 @@ impl Running {
             let _ = tokio::time::timeout(limit, done).await;
         }
     }
+
+    /// SIGKILLs the process (if alive) and waits for it to be gone.
+    async fn kill(&mut self) {
+        if !*self.exited.borrow() {
+            runner::signal(self.pid, libc::SIGKILL);
+            let mut exited = self.exited.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e)).await;
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // A service shut down mid-run must not leave trainers behind.
+        if !*self.exited.borrow() {
+            runner::signal(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// How one host's process ended: its exit code (`None`: a signal) and failure file.
+type HostExit = (Option<i32>, Option<String>);
+
+/// The instance group's processes: one per host.
+struct Running {
+    hosts: Vec<Host>,
+    /// How each host's process ended, once it has.
+    exits: Vec<Option<HostExit>>,
+}
+
+impl Running {
+    async fn stop_syncs(&mut self, flush: Option<Duration>) {
+        for host in &mut self.hosts {
+            host.stop_sync(flush).await;
+        }
+    }
+}
+
+/// What the instance group's exits mean for the job (pure): `Exited` once every host's process
+/// has ended (the first failure's code, else 0), or at once when a host fails on its own while
+/// the group trains — SageMaker fails the job then, whatever the other hosts do.
+fn group_exit(exits: &[Option<HostExit>], phase: Phase) -> Option<Input> {
+    let failed = exits
+        .iter()
+        .flatten()
+        .find(|(code, _)| *code != Some(0))
+        .cloned();
+    let all = exits.iter().all(Option::is_some);
+    match (failed, phase) {
+        (Some((code, failure)), Phase::Training) => Some(Input::Exited { code, failure }),
+        (failed, _) if all => {
+            let (code, failure) = failed.unwrap_or((Some(0), None));
+            Some(Input::Exited { code, failure })
+        }
+        _ => None,
+    }
+}
+
+/// The host a market outage takes away (deterministic; the whole job is interrupted anyway).
+fn reclaimed_host(outage: &crate::market::Outage, count: u32) -> u32 {
+    ((outage.start / 1000).unsigned_abs() % u64::from(count.max(1))) as u32
+}
+
+/// A free port on loopback for the hosts' rendezvous.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_or(29_500, |a| a.port())
 }
 
 async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut running: Option<Running> = None;
-    let mut ready_sync: Option<CheckpointSync> = None;
+    let mut ready_syncs: Vec<Option<CheckpointSync>> = Vec::new();
     let mut next_reclaim: Option<crate::market::Outage> = None;
     loop {
         let now = inner.clock.now_ms();
@@ -729,7 +804,12 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                 }
             }
             Phase::Downloading | Phase::Training if spec.spot => match next_reclaim {
-                Some(o) if o.start <= now => world = Some(Input::Reclaimed { warning: o.warning }),
+                Some(o) if o.start <= now => {
+                    world = Some(Input::Reclaimed {
+                        warning: o.warning,
+                        host: reclaimed_host(&o, spec.instance_count),
+                    })
+                }
                 Some(o) => wake = earliest(wake, o.start),
                 None => {}
             },
@@ -767,11 +847,23 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                             continue;
                         }
                         match result {
-                            Ok(sync) => {
-                                ready_sync = sync.map(|s| *s);
+                            Ok(syncs) => {
+                                ready_syncs = syncs;
                                 Input::Downloaded(Ok(()))
                             }
                             Err(e) => Input::Downloaded(Err(e)),
+                        }
+                    }
+                    Some(Msg::HostExited(n, host, code, failure)) => {
+                        let Some(r) = running.as_mut().filter(|_| n == state.instances) else {
+                            continue;
+                        };
+                        if let Some(slot) = r.exits.get_mut(host) {
+                            *slot = Some((code, failure));
+                        }
+                        match group_exit(&r.exits, state.phase) {
+                            Some(input) => input,
+                            None => continue,
                         }
                     }
                 }
@@ -826,25 +918,39 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                     tokio::spawn(async move {
                         let result = download(&inner2, &req2, instance).await;
                         if let Some(tx) = tx {
-                            let _ = tx.send(Msg::Ready(instance, result.map(|s| s.map(Box::new))));
+                            let _ = tx.send(Msg::Ready(instance, result));
                         }
                     });
                 }
                 Effect::Launch => {
-                    running = launch(&inner, &name, &req, instance, ready_sync.take()).await;
+                    running = Some(
+                        launch(
+                            &inner,
+                            &name,
+                            &req,
+                            instance,
+                            std::mem::take(&mut ready_syncs),
+                        )
+                        .await,
+                    );
                 }
                 Effect::Terminate => {
-                    if let Some(r) = &running {
-                        runner::signal(r.pid, libc::SIGTERM);
+                    for host in running.iter().flat_map(|r| &r.hosts) {
+                        if !*host.exited.borrow() {
+                            runner::signal(host.pid, libc::SIGTERM);
+                        }
                     }
                 }
                 Effect::Kill => {
-                    if let Some(r) = &mut running {
-                        runner::signal(r.pid, libc::SIGKILL);
-                        let mut exited = r.exited.clone();
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e))
-                                .await;
+                    for host in running.iter_mut().flat_map(|r| &mut r.hosts) {
+                        host.kill().await;
+                    }
+                }
+                Effect::KillHost(h) => {
+                    // That instance is gone: no last sync pass, uploads in flight abandoned.
+                    if let Some(host) = running.as_mut().and_then(|r| r.hosts.get_mut(h as usize)) {
+                        host.kill().await;
+                        host.stop_sync(None).await;
                     }
                 }
                 Effect::Release { flush } => {
@@ -855,9 +961,13 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                         left_ms as f64 / 1000.0 / inner.config.time_scale.max(1e-9),
                     );
                     if let Some(mut r) = running.take() {
-                        r.stop_sync(flush.then_some(wall)).await;
+                        // Hosts still running (another host failed the job) go with it.
+                        for host in &mut r.hosts {
+                            host.kill().await;
+                        }
+                        r.stop_syncs(flush.then_some(wall)).await;
                     }
-                    ready_sync = None;
+                    ready_syncs.clear();
                     next_reclaim = None;
                 }
                 Effect::Upload => {
@@ -868,7 +978,7 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                     let tx = lock(&inner.jobs).get(&name).map(|e| e.tx.clone());
                     tokio::spawn(async move {
                         if let Some(r) = &mut r {
-                            r.stop_sync(Some(FINAL_SYNC_LIMIT)).await;
+                            r.stop_syncs(Some(FINAL_SYNC_LIMIT)).await;
                         }
                         let result = upload_model(&inner2, &name2, &req2, instance).await;
                         if let Some(tx) = tx {
@@ -889,38 +999,58 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
 /// How long the last checkpoint pass before a model upload may take (wall time).
 const FINAL_SYNC_LIMIT: Duration = Duration::from_secs(600);
 
-/// Lays out the instance and copies inputs and checkpoints in.
+/// The hosts of instance group `instance`, with a fresh rendezvous port.
+fn host_envs(req: &TrainingJobRequest) -> Vec<runner::HostEnv> {
+    let hosts = runner::host_names(req.instance_count);
+    let master_port = free_port();
+    (0..hosts.len())
+        .map(|rank| runner::HostEnv {
+            hosts: hosts.clone(),
+            rank,
+            master_port,
+        })
+        .collect()
+}
+
+/// Lays out every host of the instance group and copies inputs and checkpoints in (each host
+/// gets the whole checkpoint prefix, as SageMaker copies it into every instance).
 async fn download(
     inner: &Inner,
     req: &TrainingJobRequest,
     instance: u32,
-) -> Result<Option<CheckpointSync>, String> {
-    let layout = Layout::new(&inner.config.workdir, &req.name, instance);
-    runner::prepare(&layout, req, &req.instance_type, &inner.s3)
-        .await
+) -> Result<Vec<Option<CheckpointSync>>, String> {
+    let mut syncs = Vec::new();
+    for host in host_envs(req) {
+        let layout = Layout::new(&inner.config.workdir, &req.name, instance, host.name());
+        runner::prepare(&layout, req, &host, &inner.s3)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(uri) = &req.checkpoint_s3_uri else {
+            syncs.push(None);
+            continue;
+        };
+        let seed = Sha256::new()
+            .chain_update(inner.config.market.seed.to_le_bytes())
+            .chain_update(req.name.as_bytes())
+            .chain_update(instance.to_le_bytes())
+            .chain_update(host.name().as_bytes())
+            .finalize();
+        let mut seed32 = [0u8; 32];
+        seed32.copy_from_slice(&seed);
+        let mut sync = CheckpointSync::new(
+            inner.s3.clone(),
+            uri,
+            layout.container_path(&req.checkpoint_local_path),
+            ChaCha8Rng::from_seed(seed32),
+            inner.config.upload,
+        )
         .map_err(|e| e.to_string())?;
-    let Some(uri) = &req.checkpoint_s3_uri else {
-        return Ok(None);
-    };
-    let seed = Sha256::new()
-        .chain_update(inner.config.market.seed.to_le_bytes())
-        .chain_update(req.name.as_bytes())
-        .chain_update(instance.to_le_bytes())
-        .finalize();
-    let mut seed32 = [0u8; 32];
-    seed32.copy_from_slice(&seed);
-    let mut sync = CheckpointSync::new(
-        inner.s3.clone(),
-        uri,
-        layout.container_path(&req.checkpoint_local_path),
-        ChaCha8Rng::from_seed(seed32),
-        inner.config.upload,
-    )
-    .map_err(|e| e.to_string())?;
-    sync.download()
-        .await
-        .map_err(|e| format!("checkpoint download: {e}"))?;
-    Ok(Some(sync))
+        sync.download()
+            .await
+            .map_err(|e| format!("checkpoint download ({}): {e}", host.name()))?;
+        syncs.push(Some(sync));
+    }
+    Ok(syncs)
 }
 
 /// The step of a checkpoint manifest's relative path, if it is one.
@@ -932,125 +1062,190 @@ fn manifest_step(rel: &str) -> Option<u64> {
     parse_step_dir_name(parts.next()?)
 }
 
+/// Starts every host's process and checkpoint sync. A host whose program cannot start exits
+/// with 127 and its reason, as a container whose entrypoint is missing.
 async fn launch(
     inner: &Arc<Inner>,
     name: &str,
     req: &TrainingJobRequest,
     instance: u32,
+    syncs: Vec<Option<CheckpointSync>>,
+) -> Running {
+    let program = inner.config.images.resolve(&req.image);
+    let envs = host_envs(req);
+    let mut syncs = syncs.into_iter();
+    let mut hosts = Vec::new();
+    for (index, host) in envs.iter().enumerate() {
+        let sync = syncs.next().flatten();
+        hosts.push(launch_host(inner, name, req, instance, index, host, &program, sync).await);
+    }
+    Running {
+        exits: vec![None; hosts.len()],
+        hosts,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn launch_host(
+    inner: &Arc<Inner>,
+    name: &str,
+    req: &TrainingJobRequest,
+    instance: u32,
+    index: usize,
+    host: &runner::HostEnv,
+    program: &std::path::Path,
     sync: Option<CheckpointSync>,
-) -> Option<Running> {
-    let layout = Layout::new(&inner.config.workdir, name, instance);
+) -> Host {
+    let layout = Layout::new(&inner.config.workdir, name, instance, host.name());
     let log = inner
         .config
         .workdir
         .join("jobs")
         .join(name)
         .join("logs")
-        .join(format!("instance-{instance}.log"));
-    let program = inner.config.images.resolve(&req.image);
-    let tx = lock(&inner.jobs).get(name).map(|e| e.tx.clone())?;
-    let mut child = match runner::spawn(&program, &layout, req, &req.instance_type, &log) {
+        .join(format!("instance-{instance}-{}.log", host.name()));
+    let (exited_tx, exited) = watch::channel(false);
+    let tx = lock(&inner.jobs).get(name).map(|e| e.tx.clone());
+    let mut child = match runner::spawn(program, &layout, req, host, &log) {
         Ok(c) => c,
         Err(e) => {
-            let _ = tx.send(Msg::Input(
-                instance,
-                Input::Exited {
-                    code: Some(127),
-                    failure: Some(format!(
+            let _ = exited_tx.send(true);
+            if let Some(tx) = tx {
+                let _ = tx.send(Msg::HostExited(
+                    instance,
+                    index,
+                    Some(127),
+                    Some(format!(
                         "cannot start training image {} ({}): {e}",
                         req.image,
                         program.display()
                     )),
-                },
-            ));
-            return None;
+                ));
+            }
+            return Host {
+                pid: None,
+                exited,
+                sync_stop: None,
+                sync_done: None,
+            };
         }
     };
-    note(inner, name, Note::ProcessStarted { instance, log });
+    note(
+        inner,
+        name,
+        Note::ProcessStarted {
+            instance,
+            host: host.name().to_owned(),
+            log,
+        },
+    );
     let pid = child.id();
-    let (exited_tx, exited) = watch::channel(false);
     let failure_file = layout.failure_file();
     let inner2 = inner.clone();
     let name2 = name.to_owned();
+    let host_name = host.name().to_owned();
     tokio::spawn(async move {
         let code = child.wait().await.ok().and_then(|s| s.code());
         let _ = exited_tx.send(true);
-        note(&inner2, &name2, Note::ProcessExited { instance, code });
+        note(
+            &inner2,
+            &name2,
+            Note::ProcessExited {
+                instance,
+                host: host_name,
+                code,
+            },
+        );
         let failure = std::fs::read_to_string(&failure_file).ok();
-        let _ = tx.send(Msg::Input(instance, Input::Exited { code, failure }));
+        if let Some(tx) = tx {
+            let _ = tx.send(Msg::HostExited(instance, index, code, failure));
+        }
     });
     let (sync_stop, sync_done) = match sync {
         None => (None, None),
-        Some(mut sync) => {
-            let (stop_tx, mut stop_rx) = oneshot::channel::<Option<Duration>>();
-            let inner3 = inner.clone();
-            let name3 = name.to_owned();
-            let interval = inner.config.sync_interval;
-            let done = tokio::spawn(async move {
-                let record = |records: Vec<SyncRecord>| {
-                    for r in records {
-                        if let SyncRecord::Uploaded { rel, .. } = r {
-                            if let Some(step) = manifest_step(&rel) {
-                                note(&inner3, &name3, Note::CheckpointUploaded { step });
-                            }
-                        }
-                    }
-                };
-                // A stop interrupts a pass in flight: an instance that goes takes its
-                // unfinished uploads with it.
-                let flush = loop {
-                    tokio::select! {
-                        biased;
-                        f = &mut stop_rx => break f.unwrap_or(None),
-                        result = async {
-                            tokio::time::sleep(interval).await;
-                            sync.pass().await
-                        } => match result {
-                            Ok(records) => record(records),
-                            Err(e) => note(&inner3, &name3, Note::SyncFailed { error: e.to_string() }),
-                        },
-                    }
-                };
-                if let Some(limit) = flush {
-                    match tokio::time::timeout(limit, sync.pass()).await {
-                        Ok(Ok(records)) => record(records),
-                        Ok(Err(e)) => note(
-                            &inner3,
-                            &name3,
-                            Note::SyncFailed {
-                                error: e.to_string(),
-                            },
-                        ),
-                        Err(_) => note(
-                            &inner3,
-                            &name3,
-                            Note::SyncFailed {
-                                error: format!("the last checkpoint upload did not finish within the instance's last {:.1} s", limit.as_secs_f64()),
-                            },
-                        ),
-                    }
-                }
-            });
-            (Some(stop_tx), Some(done))
+        Some(sync) => {
+            let (stop, done) = run_sync(inner.clone(), name.to_owned(), sync);
+            (Some(stop), Some(done))
         }
     };
-    Some(Running {
-        instance,
+    Host {
         pid,
         exited,
         sync_stop,
         sync_done,
-    })
+    }
 }
 
-/// Packs `/opt/ml/model` as `<S3OutputPath>/<job>/output/model.tar.gz`.
+/// Runs one host's checkpoint sync until told to stop (see [`Host::stop_sync`]).
+fn run_sync(
+    inner: Arc<Inner>,
+    name: String,
+    mut sync: CheckpointSync,
+) -> (
+    oneshot::Sender<Option<Duration>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop_tx, mut stop_rx) = oneshot::channel::<Option<Duration>>();
+    let interval = inner.config.sync_interval;
+    let done = tokio::spawn(async move {
+        let record = |records: Vec<SyncRecord>| {
+            for r in records {
+                if let SyncRecord::Uploaded { rel, .. } = r {
+                    if let Some(step) = manifest_step(&rel) {
+                        note(&inner, &name, Note::CheckpointUploaded { step });
+                    }
+                }
+            }
+        };
+        // A stop interrupts a pass in flight: an instance that goes takes its unfinished
+        // uploads with it.
+        let flush = loop {
+            tokio::select! {
+                biased;
+                f = &mut stop_rx => break f.unwrap_or(None),
+                result = async {
+                    tokio::time::sleep(interval).await;
+                    sync.pass().await
+                } => match result {
+                    Ok(records) => record(records),
+                    Err(e) => note(&inner, &name, Note::SyncFailed { error: e.to_string() }),
+                },
+            }
+        };
+        if let Some(limit) = flush {
+            match tokio::time::timeout(limit, sync.pass()).await {
+                Ok(Ok(records)) => record(records),
+                Ok(Err(e)) => note(
+                    &inner,
+                    &name,
+                    Note::SyncFailed {
+                        error: e.to_string(),
+                    },
+                ),
+                Err(_) => note(
+                    &inner,
+                    &name,
+                    Note::SyncFailed {
+                        error: format!(
+                            "the last checkpoint upload did not finish within the instance's last {:.1} s",
+                            limit.as_secs_f64()
+                        ),
+                    },
+                ),
+            }
+        }
+    });
+    (stop_tx, done)
+}
+
+/// Packs the first host's `/opt/ml/model` as `<S3OutputPath>/<job>/output/model.tar.gz`.
 async fn upload_model(
     inner: &Inner,
     name: &str,
     req: &TrainingJobRequest,
     instance: u32,
 ) -> Result<(), String> {
-    let layout = Layout::new(&inner.config.workdir, name, instance);
+    let layout = Layout::new(&inner.config.workdir, name, instance, "algo-1");
     let bytes =
         runner::tar_gz(&layout.model_dir()).map_err(|e| format!("packing the model: {e}"))?;
     let (bucket, prefix) = split_s3_uri(&req.output_path).map_err(|e| e.to_string())?;
@@ -1076,16 +1271,6 @@ async fn upload_model(
     Ok(())
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        // A service shut down mid-run must not leave trainers behind.
-        if !*self.exited.borrow() {
-            runner::signal(self.pid, libc::SIGKILL);
-        }
-        let _ = self.instance;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1102,6 +1287,42 @@ mod tests {
             None
         );
         assert_eq!(manifest_step("manifest.json"), None);
+    }
+
+    #[test]
+    fn a_host_group_ends_when_every_host_has_or_when_one_fails_while_training() {
+        let ok = Some((Some(0), None));
+        let failed = Some((Some(1), Some("boom".to_string())));
+        let killed = Some((None, None));
+        // One host done, the other still training: wait.
+        assert_eq!(group_exit(&[ok.clone(), None], Phase::Training), None);
+        assert_eq!(
+            group_exit(&[ok.clone(), ok.clone()], Phase::Training),
+            Some(Input::Exited {
+                code: Some(0),
+                failure: None
+            })
+        );
+        // A host failing on its own fails the job at once.
+        assert_eq!(
+            group_exit(&[None, failed.clone()], Phase::Training),
+            Some(Input::Exited {
+                code: Some(1),
+                failure: Some("boom".into())
+            })
+        );
+        // While interrupted, a killed host is expected: wait for the others.
+        assert_eq!(
+            group_exit(&[killed.clone(), None], Phase::Interrupted),
+            None
+        );
+        assert_eq!(
+            group_exit(&[killed, Some((Some(143), None))], Phase::Interrupted),
+            Some(Input::Exited {
+                code: None,
+                failure: None
+            })
+        );
     }
 
     #[test]

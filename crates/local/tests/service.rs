@@ -377,7 +377,7 @@ async fn unwarned_reclaims_and_a_slow_uploader_lose_no_work_with_default_setting
             ready,
             "instance {instance} never had two checkpoints uploaded"
         );
-        stack.service.reclaim_now("svc-harsh", false).unwrap();
+        stack.service.reclaim_now("svc-harsh", false, 0).unwrap();
     }
     let ok = stack
         .service
@@ -406,7 +406,7 @@ async fn unwarned_reclaims_and_a_slow_uploader_lose_no_work_with_default_setting
     // over — and from newer work each time.
     let mut resumed = Vec::new();
     for n in &job.notes {
-        if let spotcheck_local::service::Note::ProcessStarted { instance, log } = &n.note {
+        if let spotcheck_local::service::Note::ProcessStarted { instance, log, .. } = &n.note {
             let text = std::fs::read_to_string(log).unwrap();
             let p = spotcheck_local::report::parse_log("svc-harsh", *instance, &text);
             resumed.push(p.resumed_from);
@@ -461,4 +461,222 @@ async fn unwarned_reclaims_and_a_slow_uploader_lose_no_work_with_default_setting
             "{file} differs from the uninterrupted run"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_instance_job_loses_one_host_and_restarts_both() {
+    // SageMaker's multi-instance semantics: two hosts run together, each with its own
+    // resourceconfig.json and checkpoint namespace; a reclaim of one host (without warning)
+    // interrupts the whole job, and both restart and resume from their own checkpoints.
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = ServiceConfig::new(dir.path().join("service"), trainer());
+    service.fast_forward = true;
+    let mut config = StackConfig::new(service);
+    config.buckets = vec![BUCKET.into()];
+    let stack = Stack::start(config, |_| {}).await.unwrap();
+    let hp = [
+        ("dataset", "synthetic"),
+        ("num_classes", "4"),
+        ("synthetic_samples", "512"),
+        ("image_size", "12"),
+        ("model_width", "4"),
+        ("model_hidden", "16"),
+        ("batch_size", "32"),
+        ("epochs", "100000"),
+        ("max_steps", "4000"),
+        ("backend", "cpu"),
+    ];
+    let sm = stack.sagemaker_client();
+    create_with_defaults(&sm, "svc-two", &hp)
+        .resource_config(
+            ResourceConfig::builder()
+                .instance_type(TrainingInstanceType::MlG4DnXlarge)
+                .instance_count(2)
+                .volume_size_in_gb(10)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    use spotcheck_local::service::Note;
+    let both_uploaded = |j: &spotcheck_local::service::JobView| {
+        let started = j
+            .notes
+            .iter()
+            .filter(|n| matches!(n.note, Note::ProcessStarted { .. }))
+            .count();
+        let uploads = j
+            .notes
+            .iter()
+            .filter(|n| matches!(n.note, Note::CheckpointUploaded { .. }))
+            .count();
+        started == 2 && uploads >= 4
+    };
+    let ready = stack
+        .service
+        .wait_until(Duration::from_secs(300), |jobs| {
+            jobs.iter()
+                .any(|j| j.name == "svc-two" && (both_uploaded(j) || j.state.is_terminal()))
+        })
+        .await;
+    assert!(ready, "both hosts never checkpointed");
+    stack.service.reclaim_now("svc-two", false, 1).unwrap();
+    let ok = stack
+        .service
+        .wait_until(Duration::from_secs(600), |jobs| {
+            jobs.iter()
+                .any(|j| j.name == "svc-two" && j.state.is_terminal())
+        })
+        .await;
+    assert!(ok, "the job did not end");
+    let job = stack
+        .service
+        .jobs()
+        .into_iter()
+        .find(|j| j.name == "svc-two")
+        .unwrap();
+    assert_eq!(
+        job.state.status, "Completed",
+        "{:?}",
+        job.state.failure_reason
+    );
+    assert_eq!(job.state.interruptions, 1);
+    assert_eq!(job.describe["ResourceConfig"]["InstanceCount"], 2);
+    let mut started: Vec<(u32, String, Option<u64>)> = Vec::new();
+    for n in &job.notes {
+        if let Note::ProcessStarted {
+            instance,
+            host,
+            log,
+        } = &n.note
+        {
+            let text = std::fs::read_to_string(log).unwrap();
+            let p = spotcheck_local::report::parse_log("svc-two", *instance, &text);
+            started.push((*instance, host.clone(), p.resumed_from));
+        }
+    }
+    started.sort();
+    assert_eq!(
+        started
+            .iter()
+            .map(|(i, h, _)| (*i, h.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "algo-1"), (1, "algo-2"), (2, "algo-1"), (2, "algo-2")],
+        "both hosts ran in both instance groups"
+    );
+    assert!(
+        started[2].2.is_some_and(|s| s > 0) && started[3].2.is_some_and(|s| s > 0),
+        "both hosts resumed from their own checkpoints: {started:?}"
+    );
+    // Each host namespaces its checkpoints; both are in the job's one S3 prefix.
+    let keys: Vec<String> = stack
+        .s3_client()
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix("checkpoints/svc-two/")
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    for host in ["algo-1", "algo-2"] {
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("checkpoints/svc-two/{host}/"))),
+            "{host}: {keys:?}"
+        );
+    }
+    // What each host was told about the cluster.
+    let config = std::fs::read_to_string(
+        dir.path()
+            .join("service/jobs/svc-two/instance-2/algo-2/opt/ml/input/config/resourceconfig.json"),
+    )
+    .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["current_host"], "algo-2");
+    assert_eq!(config["hosts"], serde_json::json!(["algo-1", "algo-2"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_fails_alone_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    // A training image whose second host fails at once while the first trains on.
+    let script = dir.path().join("two-hosts.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         if [ \"$SM_CURRENT_HOST\" = algo-2 ]; then\n\
+           echo \"host algo-2: out of memory\" > \"$SPOTCHECK_OPT_ML/output/failure\"\n\
+           exit 3\n\
+         fi\n\
+         trap 'exit 143' TERM\n\
+         while :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut service = ServiceConfig::new(dir.path().join("service"), script);
+    service.fast_forward = true;
+    let mut config = StackConfig::new(service);
+    config.buckets = vec![BUCKET.into()];
+    let stack = Stack::start(config, |_| {}).await.unwrap();
+    let sm = stack.sagemaker_client();
+    create(&sm, "svc-fail", 10, false)
+        .resource_config(
+            ResourceConfig::builder()
+                .instance_type(TrainingInstanceType::MlG4DnXlarge)
+                .instance_count(2)
+                .volume_size_in_gb(10)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_status(&stack, "svc-fail", &["Completed", "Failed", "Stopped"]).await,
+        "Failed"
+    );
+    let d = sm
+        .describe_training_job()
+        .training_job_name("svc-fail")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.failure_reason(),
+        Some("AlgorithmError: host algo-2: out of memory")
+    );
+    // The first host did not outlive the job.
+    let job = stack
+        .service
+        .jobs()
+        .into_iter()
+        .find(|j| j.name == "svc-fail")
+        .unwrap();
+    let exited: Vec<&str> = job
+        .notes
+        .iter()
+        .filter_map(|n| match &n.note {
+            spotcheck_local::service::Note::ProcessExited { host, .. } => Some(host.as_str()),
+            _ => None,
+        })
+        .collect();
+    let ok = stack
+        .service
+        .wait_until(Duration::from_secs(30), |jobs| {
+            jobs.iter().any(|j| {
+                j.name == "svc-fail"
+                    && j.notes
+                        .iter()
+                        .filter(|n| {
+                            matches!(n.note, spotcheck_local::service::Note::ProcessExited { .. })
+                        })
+                        .count()
+                        == 2
+            })
+        })
+        .await;
+    assert!(ok, "the other host was not stopped: {exited:?}");
 }
