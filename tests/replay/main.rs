@@ -12,6 +12,7 @@
 //! | [`checkpoints`] | checkpoints written by the real trainer to S3 are judged valid, torn and corrupted variants as such, with no data-object GET | LocalStack S3, the `train` binary |
 //! | [`faults`] | throttling, 5xx and hangs are retried by the SDK (counted), persistent ones end in a transient `Err`, redelivery completes the action exactly once | fault proxy in front of LocalStack and the local SageMaker service |
 //! | [`lambda_runtime`] | the real `sagemaker-events` binary in the Lambda runtime loop: responses, error reports with `errorType` | cargo-lambda's runtime API emulator |
+//! | [`redrive`] | `spotcheck redrive`: dead-letter messages of every shape invoked into the real function, deleted only when it handled them, refusals and transient failures kept and completed by a second run, nothing done twice | LocalStack SQS (the DLQ), cargo-lambda's Invoke endpoint, local SageMaker service behind the fault proxy, LocalStack S3 and EventBridge |
 //!
 //! Every test needs the emulators (`scripts/test-all.sh` starts them) and fails, saying so,
 //! without them.
@@ -21,4 +22,5 @@ mod ec2;
 mod faults;
 mod handlers;
 mod lambda_runtime;
+mod redrive;
 mod routing;
