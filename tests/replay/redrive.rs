@@ -31,8 +31,11 @@ const FUNCTION: &str = "sagemaker-events";
 const INVOKE: &str = "POST /2015-03-31/functions/sagemaker-events/invocations";
 const P3: &str = "ml.p3.2xlarge";
 
+/// Message attributes: name, SQS data type, value.
+type Attributes = Vec<(&'static str, &'static str, String)>;
+
 /// Message attributes as Lambda's asynchronous-invocation DLQ writes them.
-fn lambda_dlq(request: &str, message: &str) -> Vec<(&'static str, &'static str, String)> {
+fn lambda_dlq(request: &str, message: &str) -> Attributes {
     vec![
         ("RequestID", "String", request.to_owned()),
         ("ErrorCode", "Number", "200".to_owned()),
@@ -41,7 +44,7 @@ fn lambda_dlq(request: &str, message: &str) -> Vec<(&'static str, &'static str, 
 }
 
 /// Message attributes as an EventBridge rule target's DLQ writes them.
-fn eventbridge_dlq(code: &str) -> Vec<(&'static str, &'static str, String)> {
+fn eventbridge_dlq(code: &str) -> Attributes {
     vec![
         (
             "RULE_ARN",
@@ -86,12 +89,7 @@ fn invocation_record(event: &Value) -> String {
     .to_string()
 }
 
-async fn send(
-    sqs: &aws_sdk_sqs::Client,
-    url: &str,
-    body: &str,
-    attributes: &[(&'static str, &'static str, String)],
-) -> String {
+async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str, attributes: &Attributes) -> String {
     let mut req = sqs.send_message().queue_url(url).message_body(body);
     for (name, kind, value) in attributes {
         let value = MessageAttributeValue::builder()
@@ -232,11 +230,7 @@ async fn the_redrive_invokes_the_function_with_each_dead_letter_and_deletes_only
     let ec2 = String::from_utf8(fixtures::event("ec2-spot-interruption-terminate")).unwrap();
     let malformed = String::from_utf8(fixtures::event("malformed-detail-not-an-object")).unwrap();
     let record_event = jobs["record"].1.clone();
-    let messages: Vec<(
-        &'static str,
-        String,
-        Vec<(&'static str, &'static str, String)>,
-    )> = vec![
+    let messages: Vec<(&'static str, String, Attributes)> = vec![
         (
             "plain",
             event("plain"),

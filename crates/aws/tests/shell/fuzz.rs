@@ -144,7 +144,7 @@ fn template_edited((index, edits): &(usize, Vec<(Vec<usize>, Edit)>)) -> Result<
 }
 
 fn template_mutated(mutations: &[Mutation]) -> Result<(), TestCaseError> {
-    template(&mutated(&template_bytes_cached(), mutations))
+    template(&mutated(template_bytes_cached(), mutations))
 }
 
 fn template_bytes_cached() -> &'static [u8] {
