@@ -2,7 +2,7 @@
 # The fuzz soak: every parser's property tests — events, DescribeTrainingJob, ledger records,
 # price tables, manifests, continuation templates, safetensors headers — for
 # SPOTCHECK_SOAK_CASES cases per parser (default 1,000,000), each parser within
-# SPOTCHECK_SOAK_SECONDS (default 900), one parser at a time, then a table: parser, cases,
+# SPOTCHECK_SOAK_SECONDS (default 1800), one parser at a time, then a table: parser, cases,
 # rejected inputs, seconds, failures, peak resident memory, status. The soaks are the
 # `#[ignore]`d `soak_*` tests beside each parser's fuzz tests (crates/fuzz/src/soak.rs drives
 # them); `cargo test` runs the same properties with the per-test case counts.
@@ -16,7 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SPOTCHECK_SOAK_CASES=${SPOTCHECK_SOAK_CASES:-1000000}
-export SPOTCHECK_SOAK_SECONDS=${SPOTCHECK_SOAK_SECONDS:-900}
+export SPOTCHECK_SOAK_SECONDS=${SPOTCHECK_SOAK_SECONDS:-1800}
+# A failing case is caught and counted; a backtrace per failure would only cost time and memory.
+export RUST_BACKTRACE=0
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 export SPOTCHECK_SOAK_REPORT=$report
@@ -28,7 +30,8 @@ expected=("events" "DescribeTrainingJob" "ledger records" "price tables" "manife
 cargo test --workspace --locked --tests --no-run
 start=$SECONDS
 status=0
-cargo test --workspace --locked --tests -- --ignored --test-threads=1 soak_ || status=$?
+cargo test --workspace --locked --tests --no-fail-fast -- --ignored --test-threads=1 soak_ ||
+    status=$?
 
 printf '\n%s cases per parser, %s s budget per parser, %s s in all\n\n' \
     "$SPOTCHECK_SOAK_CASES" "$SPOTCHECK_SOAK_SECONDS" "$((SECONDS - start))"

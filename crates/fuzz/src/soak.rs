@@ -14,7 +14,7 @@
 //! The soak tests are `#[ignore]`d `soak_*` tests beside each parser's fuzz tests;
 //! `scripts/fuzz-soak.sh` runs them one at a time and prints the table. Settings come from
 //! the environment: `SPOTCHECK_SOAK_CASES` (cases per parser, default 1,000,000),
-//! `SPOTCHECK_SOAK_SECONDS` (time budget per parser, default 900), `SPOTCHECK_SOAK_SEED` (64
+//! `SPOTCHECK_SOAK_SECONDS` (time budget per parser, default 1800), `SPOTCHECK_SOAK_SEED` (64
 //! hex digits to replay a run; default: a fresh seed, printed), `SPOTCHECK_SOAK_REPORT` (a
 //! file each parser's row is appended to).
 
@@ -45,7 +45,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// `SPOTCHECK_SOAK_CASES` (default 1,000,000) and `SPOTCHECK_SOAK_SECONDS` (default 900).
+    /// `SPOTCHECK_SOAK_CASES` (default 1,000,000) and `SPOTCHECK_SOAK_SECONDS` (default 1800).
     ///
     /// # Panics
     ///
@@ -60,7 +60,7 @@ impl Budget {
         };
         Budget {
             cases: read("SPOTCHECK_SOAK_CASES", 1_000_000),
-            time: Duration::from_secs(read("SPOTCHECK_SOAK_SECONDS", 900)),
+            time: Duration::from_secs(read("SPOTCHECK_SOAK_SECONDS", 1800)),
         }
     }
 }
