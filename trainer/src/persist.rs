@@ -3,8 +3,10 @@
 //! The training loop hands over a [`Snapshot`] and goes on; this thread encodes, hashes,
 //! fsyncs and renames (through the shared protocol crate's writer), then applies retention.
 //! At most one persist is in flight: a periodic checkpoint that comes due while one is in
-//! flight is skipped (the loop tries again at the next step boundary), while a final checkpoint
-//! (end of training, SIGTERM, spot notice) waits for the one in flight and then for itself.
+//! flight is skipped, not queued (the loop evaluates its triggers again at the next step
+//! boundary: a time trigger is then still due, the step trigger only at its next multiple),
+//! while a final checkpoint (end of training, SIGTERM, spot notice) waits for the one in flight
+//! and then for itself.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
