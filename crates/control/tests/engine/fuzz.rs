@@ -427,11 +427,18 @@ fn ledger_record_mutated((index, mutations): &(usize, Vec<Mutation>)) -> Result<
 /// A price table is accepted only with finite, non-negative prices for exactly the listed
 /// types.
 fn price_table(bytes: &[u8]) -> Result<(), TestCaseError> {
-    /// The listed types, read as leniently as the parser reads the rest of the file (it skips
-    /// unknown fields without validating them, e.g. a lone surrogate `"\ud800"` in a comment,
-    /// which a `Value` would refuse).
+    /// The listed types, read in every shape the parser's `PriceFile` accepts and at least as
+    /// leniently: it skips unknown fields without validating them (e.g. a lone surrogate
+    /// `"\ud800"` in a comment, which a `Value` would refuse), and, being a serde struct, it
+    /// also takes its four fields as a JSON array in declaration order (found by the soak).
     #[derive(serde::Deserialize)]
     struct Listed {
+        #[serde(rename = "currency")]
+        _currency: Option<serde::de::IgnoredAny>,
+        #[serde(rename = "region")]
+        _region: Option<serde::de::IgnoredAny>,
+        #[serde(rename = "as_of")]
+        _as_of: Option<serde::de::IgnoredAny>,
         usd_per_hour: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
     }
     let Ok(table) = PriceTable::from_json(bytes) else {
@@ -607,6 +614,17 @@ fn a_ledger_float_read_one_ulp_off_still_round_trips() {
     let mut summary = RECORDS.last().unwrap().clone();
     summary["savings_percent"] = serde_json::json!(4.396528544155802e-17);
     ledger_record(summary.to_string().as_bytes()).unwrap();
+}
+
+/// Regression (found by the soak): a price file given as a JSON array is read positionally
+/// (serde's struct-from-sequence), so the property must read the listed types that way too.
+#[test]
+fn a_price_file_as_a_json_array_is_read_positionally() {
+    let bytes = br#"["USD", null, "2026-01-01", {"ml.p3.2xlarge": 3.825}]"#;
+    let table = PriceTable::from_json(bytes).unwrap();
+    assert_eq!(table.usd_per_hour("ml.p3.2xlarge"), Some(3.825));
+    price_table(bytes).unwrap();
+    price_table(br#"[null, "x", "y", {}]"#).unwrap();
 }
 
 // ---- Soaks: `scripts/fuzz-soak.sh` runs these (a million cases per parser by default).
