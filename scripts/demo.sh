@@ -7,7 +7,12 @@
 #   scripts/demo.sh [demo flags, e.g. --seed 3 --interruptions-per-hour 3 --steps 900]
 #
 # Output: work/demo/report.{txt,json,html}. `spotcheck demo --help` lists every flag.
+#
+# It builds the workspace's binaries with the dev profile (the trainer and every dependency are
+# optimised there anyway): the same feature set as `cargo test --workspace`, so after the test
+# suite nothing is rebuilt, and a per-package build would recompile the AWS SDK for its smaller
+# feature set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p spotcheck-trainer --bin train -p spotcheck-cli --bin spotcheck
-exec target/release/spotcheck demo "$@"
+cargo build --locked --workspace --bins
+exec "${CARGO_TARGET_DIR:-target}/debug/spotcheck" demo "$@"

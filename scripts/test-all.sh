@@ -16,6 +16,18 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "infra static checks (cfn-lint, SAM transform, checkov, hadolint, shellcheck)"
 bash scripts/static-checks.sh
 
+step "headless Chromium (the HTML report's browser test)"
+if ! command -v chromium >/dev/null; then
+    apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || { echo "chromium is missing: apt-get install -y chromium (as root)" >&2; exit 1; }
+        apt=(sudo "${apt[@]}")
+    fi
+    "${apt[@]}" update -qq
+    "${apt[@]}" install -y -qq chromium
+fi
+chromium --version
+
 step "AWS emulators (LocalStack for S3/EventBridge/SQS/EC2, moto for SageMaker), cargo-lambda"
 bash scripts/python-tools.sh deploy # cargo-lambda: the replay suite's Lambda runtime-API tests
 bash scripts/emulators.sh start
@@ -25,3 +37,10 @@ eval "$(bash scripts/emulators.sh env)"
 
 step "cargo test (unit, integration, replay)"
 cargo test --workspace --locked
+
+# The README's first command exactly as a newcomer runs it: from the repository root, with
+# its defaults (relative work directory, the default market with unwarned reclaims and a slow
+# checkpoint uploader, default checkpoint settings) — only a shorter run. It exits non-zero
+# unless the lineage completed with weights identical to the uninterrupted run's.
+step "the README's first command: scripts/demo.sh (a shorter run)"
+scripts/demo.sh --steps 240

@@ -8,6 +8,8 @@
 //! - `spotcheck demo` — the whole system end to end on this machine, with a report.
 //! - `spotcheck redrive --queue URL --function NAME` — a dead-letter queue's events handed back
 //!   to their function (see `docs/lambdas.md`, "Redrive").
+//! - `spotcheck report --ledger s3://BUCKET/PREFIX` — what spotcheck did for a deployed stack,
+//!   from its ledger (see `docs/report.md`).
 //!
 //! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; `demo` 0 when the final
 //! weights equal the uninterrupted run's, 1 when not; `redrive` 0 when every message was
@@ -16,6 +18,7 @@
 
 mod local;
 mod redrive;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +73,9 @@ enum Command {
     /// Hand each event in a dead-letter queue back to its function (Lambda Invoke), deleting
     /// the message only when the function handled it.
     Redrive(redrive::Redrive),
+    /// Report what spotcheck did, per lineage and in total, from a deployed stack's ledger
+    /// (text; optionally HTML with charts, and JSON).
+    Report(report::Report),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -97,6 +103,7 @@ fn summarise(dir: &Path) -> Result<CheckpointSummary> {
             .iter()
             .any(|c| c.status == Status::Corrupt),
         finished,
+        ..CheckpointSummary::default()
     })
 }
 
@@ -150,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Local(local::Local::Serve(args)) => local::serve(args),
         Command::Demo(args) => local::run_demo(args),
         Command::Redrive(args) => redrive::run(args),
+        Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

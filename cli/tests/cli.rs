@@ -54,7 +54,6 @@ fn every_fixture_event_replays_to_its_decision() {
         ("sagemaker-inprogress-interrupted", "record"),
         ("sagemaker-inprogress-training", "ignore"),
         ("sagemaker-minimal", "ignore"),
-        ("sagemaker-no-status", "ignore"),
         ("sagemaker-not-enabled", "ignore"),
         ("sagemaker-stopped-maxruntime", "give_up"),
         ("sagemaker-stopped-maxwait-duplicate", "relaunch"),
@@ -77,6 +76,8 @@ fn every_fixture_event_replays_to_its_decision() {
         "malformed-missing-detail-type",
         "malformed-status-not-a-string",
         "malformed-truncated",
+        // A state change without its TrainingJobStatus.
+        "sagemaker-no-status",
     ];
     assert_eq!(
         expected.len() + malformed.len(),
@@ -132,11 +133,18 @@ fn a_duplicate_event_asks_for_the_same_job_name() {
 #[test]
 fn a_stale_event_is_ignored_when_describe_shows_a_newer_state() {
     let (_, v) = decide(
+        "sagemaker-inprogress-interrupted",
+        Some("describe-stopped-maxwait"),
+        &[],
+    );
+    assert_eq!(v["action"], "ignore", "{v}");
+    // The same final state touched later (LastModifiedTime moved) is not a newer state.
+    let (_, v) = decide(
         "sagemaker-stopped-maxwait",
         Some("describe-stopped-maxwait-modified-later"),
         &[],
     );
-    assert_eq!(v["action"], "ignore", "{v}");
+    assert_eq!(v["action"], "relaunch", "{v}");
 }
 
 #[test]
@@ -257,13 +265,23 @@ fn validate_rejects_a_hostile_manifest_without_following_it() {
 
 #[test]
 fn decide_reads_training_finished_from_the_checkpoint_manifest() {
+    // Relaunching past MaxRuntimeExceeded is opt-in.
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.json");
+    std::fs::write(&policy, br#"{"relaunch_after_max_runtime": true}"#).unwrap();
+    let policy = policy.to_str().unwrap();
     // MaxRuntimeExceeded with a checkpoint that says training finished: nothing to continue.
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), 500, true);
     let (code, v) = decide(
         "sagemaker-stopped-maxruntime",
         Some("describe-stopped-maxruntime"),
-        &["--checkpoints", dir.path().to_str().unwrap()],
+        &[
+            "--checkpoints",
+            dir.path().to_str().unwrap(),
+            "--policy",
+            policy,
+        ],
     );
     assert_eq!(code, 0);
     assert_ne!(v["action"], "relaunch", "{v}");
@@ -273,7 +291,12 @@ fn decide_reads_training_finished_from_the_checkpoint_manifest() {
     let (_, v) = decide(
         "sagemaker-stopped-maxruntime",
         Some("describe-stopped-maxruntime"),
-        &["--checkpoints", dir.path().to_str().unwrap()],
+        &[
+            "--checkpoints",
+            dir.path().to_str().unwrap(),
+            "--policy",
+            policy,
+        ],
     );
     assert_eq!(v["action"], "relaunch", "{v}");
 }

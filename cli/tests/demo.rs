@@ -98,6 +98,46 @@ fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
     assert!(lineage.is_object(), "no lineage savings; {context}");
     assert!(stdout.contains("Final weights equal the uninterrupted run with the same seed: YES"));
 
+    // The counterfactual: SageMaker alone would have stopped with attempt 1, at the step attempt
+    // 2 resumed from, having paid attempt 1's bill; spotcheck completed it.
+    let c = &report["counterfactual"];
+    let without = &c["without_spotcheck"];
+    assert_eq!(
+        without["outcome"], "Stopped/MaxWaitTimeExceeded",
+        "{context}"
+    );
+    assert_eq!(without["completed"], false, "{context}");
+    // Attempt 2 never got capacity: the step the lineage went on from is where attempt 3's
+    // trainer resumed, attempt 1's newest checkpoint in S3.
+    let resumed = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["job"] != jobs[0]["name"])
+        .and_then(|p| p["resumed_from"].as_u64());
+    let newest = jobs[0]["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c[1].as_u64())
+        .max();
+    assert!(resumed.is_some() && resumed == newest, "{context}");
+    assert_eq!(without["step_reached"].as_u64(), resumed, "{context}");
+    assert_eq!(
+        without["cost_usd"].as_f64(),
+        jobs[0]["savings"]["spot_cost_usd"].as_f64(),
+        "attempt 1's bill; {context}"
+    );
+    assert_eq!(c["with_spotcheck"]["completed"], true, "{context}");
+    assert!(
+        c["on_demand"]["cost_usd"].as_f64() > c["with_spotcheck"]["cost_usd"].as_f64(),
+        "{context}"
+    );
+    assert!(
+        stdout.contains("The value, in one line: without spotcheck: stopped at step"),
+        "{context}"
+    );
+
     let html = std::fs::read_to_string(workdir.join("report.html")).unwrap();
     assert!(html.contains("<svg"), "the HTML report has no charts");
     assert!(

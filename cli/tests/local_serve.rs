@@ -92,7 +92,10 @@ fn the_aws_cli_creates_describes_and_stops_a_job_that_trains_and_is_interrupted(
     let trace = dir.path().join("trace.json");
     std::fs::write(
         &trace,
-        r#"{"outages": [{"at_seconds": 2, "duration_seconds": 60}]}"#,
+        // Two outages: if the job is created after the first began (the AWS CLI is slow to
+        // start on a loaded machine), it waits it out (fast-forwarded) and the second one hits
+        // it while it trains.
+        r#"{"outages": [{"at_seconds": 2, "duration_seconds": 60}, {"at_seconds": 70, "duration_seconds": 60}]}"#,
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_spotcheck"))

@@ -10,12 +10,23 @@
 3. Each function is a Rust cargo-lambda build of an existing workspace member whose package
    name is the BuildProperties Binary, on provided.al2023 / arm64 / bootstrap.
 4. Every EventBridge rule target has a retry policy and a dead-letter queue.
+5. Every IAM statement of the two function roles is one the code needs: GRANTS below lists
+   each role's statements (by Sid) with their actions and the SDK calls (in crates/aws/src,
+   crates/control/src and functions/) that need them. A statement or action the table does not
+   list fails, and so does a listed SDK call the code no longer makes: removing a call from the
+   code makes its grant fail here until the grant is removed too.
+6. The dashboard's body is JSON once its ${...} references are substituted; each reference
+   names a parameter, a resource (or one of its attributes) or a pseudo parameter; every
+   Spotcheck metric it plots is one crates/control/src/outputs.rs emits; its log queries read
+   only the stack's log groups, filtered to the handlers' decision lines; its alarm widget
+   lists every alarm of the template; widgets fit the 24-column grid.
 
 Exits 1 listing every violation. Needs PyYAML (any of the tool venvs has it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -26,10 +37,54 @@ import yaml
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 POLICY_RS = os.path.join(ROOT, "crates", "control", "src", "policy.rs")
+OUTPUTS_RS = os.path.join(ROOT, "crates", "control", "src", "outputs.rs")
+PSEUDO_PARAMETERS = {"AWS::Region", "AWS::StackName", "AWS::AccountId", "AWS::Partition", "AWS::URLSuffix"}
 # Variables the template sets that are not policy settings (owned by the Lambdas' shells).
-NON_POLICY_VARS = {"SPOTCHECK_LEDGER_BUCKET", "SPOTCHECK_LEDGER_PREFIX", "SPOTCHECK_PRICE_TABLE"}
+NON_POLICY_VARS = {
+    "SPOTCHECK_LEDGER_BUCKET",
+    "SPOTCHECK_LEDGER_PREFIX",
+    "SPOTCHECK_PRICE_TABLE",
+    "SPOTCHECK_CHECKPOINT_BUCKET",
+    "SPOTCHECK_CHECKPOINT_PREFIX",
+}
 # Actions that support no resource-level permissions (Service Authorization Reference).
-STAR_RESOURCE_OK = {"ec2:DescribeTags", "ec2:DescribeInstances"}
+STAR_RESOURCE_OK = {"ec2:DescribeTags"}
+SOURCE_DIRS = [os.path.join(ROOT, d) for d in ("crates/aws/src", "crates/control/src", "functions")]
+
+# What each role's statements grant and the SDK calls (snake_case operation names as the Rust
+# SDK spells them) or duties of the Lambda runtime that need them.
+LOGS = ["logs:CreateLogStream", "logs:PutLogEvents"]
+RUNTIME = "runtime"
+COMMON = {
+    "WriteOwnLogs": (LOGS, [RUNTIME]),  # the function's log lines, written by Lambda
+    "DeadLetterOwnQueue": (["sqs:SendMessage"], [RUNTIME]),  # Lambda's async DLQ delivery
+    "ListCheckpointPrefix": (["s3:ListBucket"], ["list_objects_v2"]),
+    # ranged GET of manifests, stream-hash fallback; HeadObject is authorized as s3:GetObject
+    "ReadCheckpoints": (["s3:GetObject"], ["get_object", "head_object"]),
+    "DecryptCheckpointsViaS3": (["kms:Decrypt"], ["get_object"]),
+    # PutObject If-None-Match, HeadObject after a 412
+    "ReadWriteLedgerRecords": (["s3:GetObject", "s3:PutObject"], ["put_object", "head_object"]),
+    "PublishSpotcheckEvents": (["events:PutEvents"], ["put_events"]),
+    "PassTrainingRolesToSageMaker": (["iam:PassRole"], ["create_training_job"]),
+    "DescribeOptedInTrainingJobs": (["sagemaker:DescribeTrainingJob"], ["describe_training_job"]),
+    "ReadTrainingJobTags": (["sagemaker:ListTags"], ["list_tags"]),
+}
+GRANTS = {
+    "SageMakerEventsRole": {
+        **COMMON,
+        "CreateOptedInTrainingJobs": (["sagemaker:CreateTrainingJob"], ["create_training_job"]),
+        # CreateTrainingJob's Tags are authorized as sagemaker:AddTags (tag-on-create only)
+        "TagOnCreateTrainingJob": (["sagemaker:AddTags"], ["create_training_job"]),
+        "ReadPriceTable": (["s3:GetObject"], ["get_object"]),
+    },
+    "Ec2SpotEventsRole": {
+        **COMMON,
+        "DescribeInstanceTagsInRegion": (["ec2:DescribeTags"], ["describe_tags"]),
+        "ReadContinuationTemplates": (["s3:GetObject"], ["get_object"]),
+        "CreateContinuationTrainingJobs": (["sagemaker:CreateTrainingJob"], ["create_training_job"]),
+        "TagOnCreateContinuationTrainingJob": (["sagemaker:AddTags"], ["create_training_job"]),
+    },
+}
 
 
 class CfnLoader(yaml.SafeLoader):
@@ -149,6 +204,33 @@ def check(path: str) -> list[str]:
             if package != binary:
                 errors.append(f"{name}: Binary {binary!r} but {rel}/Cargo.toml builds {package!r}")
 
+    # 5. every grant needed by a call the code makes
+    source = ""
+    for directory in SOURCE_DIRS:
+        for dirpath, _, files in os.walk(directory):
+            for file in files:
+                if file.endswith(".rs"):
+                    source += open(os.path.join(dirpath, file), encoding="utf-8").read()
+    for role, grants in GRANTS.items():
+        res = resources.get(role)
+        if res is None:
+            errors.append(f"{role}: no such resource")
+            continue
+        found: dict[str, list[str]] = {}
+        for policy in res["Properties"].get("Policies", []):
+            for stmt in statements(policy["PolicyDocument"]):
+                if stmt.get("Effect") == "Allow":
+                    found[stmt.get("Sid", "?")] = sorted(as_list(stmt.get("Action", [])))
+        for sid, actions in sorted(found.items()):
+            if sid not in grants:
+                errors.append(f"{role}/{sid}: grants {actions}, which no call of the code needs")
+            elif actions != sorted(grants[sid][0]):
+                errors.append(f"{role}/{sid}: grants {actions}, the code needs {sorted(grants[sid][0])}")
+        for sid, (_, calls) in sorted(grants.items()):
+            for call in calls:
+                if call != RUNTIME and not re.search(rf"\b{call}\b", source):
+                    errors.append(f"{role}/{sid}: justified by {call}, which the code no longer calls")
+
     # 4. rule targets
     for name, res in resources.items():
         if res["Type"] != "AWS::Events::Rule":
@@ -157,6 +239,75 @@ def check(path: str) -> list[str]:
             for key in ("RetryPolicy", "DeadLetterConfig"):
                 if key not in target:
                     errors.append(f"{name}/{target.get('Id')}: no {key}")
+
+    # 6. dashboards
+    errors.extend(check_dashboards(template))
+    return errors
+
+
+def emitted_metrics() -> set[str]:
+    """Metric names the EMF lines of crates/control/src/outputs.rs declare."""
+    text = open(OUTPUTS_RS, encoding="utf-8").read()
+    return set(re.findall(r'"Name":\s*"([A-Za-z]+)"', text))
+
+
+def check_dashboards(template: dict[str, Any]) -> list[str]:
+    errors: list[str] = []
+    resources: dict[str, Any] = template["Resources"]
+    parameters = set(template.get("Parameters", {}))
+    alarms = {name for name, res in resources.items() if res["Type"] == "AWS::CloudWatch::Alarm"}
+    log_groups = {name for name, res in resources.items() if res["Type"] == "AWS::Logs::LogGroup"}
+    metrics = emitted_metrics()
+    for name, res in resources.items():
+        if res["Type"] != "AWS::CloudWatch::Dashboard":
+            continue
+        body = res["Properties"].get("DashboardBody")
+        if not (isinstance(body, dict) and isinstance(body.get("Fn::Sub"), str)):
+            errors.append(f"{name}: DashboardBody must be a !Sub string of JSON")
+            continue
+        text = body["Fn::Sub"]
+        refs = re.findall(r"\$\{([^}]*)\}", text)
+        for ref in refs:
+            base = ref.split(".", 1)[0]
+            if ref not in PSEUDO_PARAMETERS and base not in resources and base not in parameters:
+                errors.append(f"{name}: ${{{ref}}} names nothing in the template")
+        try:
+            dashboard = json.loads(re.sub(r"\$\{([^}]*)\}", lambda m: "REF_" + m.group(1), text))
+        except json.JSONDecodeError as e:
+            errors.append(f"{name}: DashboardBody is not JSON: {e}")
+            continue
+        listed_alarms: set[str] = set()
+        for i, widget in enumerate(dashboard.get("widgets", [])):
+            where = f"{name} widget {i} ({widget.get('properties', {}).get('title', widget.get('type'))})"
+            x, width = widget.get("x", 0), widget.get("width", 6)
+            if x < 0 or x + width > 24:
+                errors.append(f"{where}: x {x} + width {width} leaves the 24-column grid")
+            props = widget.get("properties", {})
+            kind = widget.get("type")
+            if kind in ("metric", "log") and "region" not in props:
+                errors.append(f"{where}: no region")
+            if kind == "metric":
+                for metric in props.get("metrics", []):
+                    if metric[0] == "Spotcheck" and metric[1] not in metrics:
+                        errors.append(f"{where}: Spotcheck/{metric[1]} is not emitted by outputs.rs ({sorted(metrics)})")
+            elif kind == "log":
+                query = props.get("query", "")
+                sources = re.findall(r"SOURCE '([^']*)'", query)
+                if not sources:
+                    errors.append(f"{where}: the query names no SOURCE")
+                for source in sources:
+                    if not (source.startswith("REF_") and source[4:] in log_groups):
+                        errors.append(f"{where}: SOURCE {source!r} is not a log group of the stack")
+                if "spotcheck = 'decision'" not in query:
+                    errors.append(f"{where}: the query must keep to the decision lines (spotcheck = 'decision')")
+            elif kind == "alarm":
+                for arn in props.get("alarms", []):
+                    alarm = arn.removeprefix("REF_").removesuffix(".Arn")
+                    if alarm not in alarms:
+                        errors.append(f"{where}: {arn} is not an alarm of the template")
+                    listed_alarms.add(alarm)
+        for alarm in sorted(alarms - listed_alarms):
+            errors.append(f"{name}: alarm {alarm} is not on the dashboard")
     return errors
 
 

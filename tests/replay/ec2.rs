@@ -20,6 +20,7 @@ use spotcheck_aws::{Ec2Handler, Ec2InstanceTags};
 use spotcheck_aws::{
     EventBridgeSink, HandlerConfig, Outcome, S3Checkpoints, S3Ledger, SdkTrainingJobs,
 };
+use spotcheck_control::ec2::CheckpointScope;
 use spotcheck_control::naming::continuation_name;
 use spotcheck_control::Policy;
 use spotcheck_tests::emulators::{self, sdk_config, Emulators, Tuning, LOCAL_ACCOUNT};
@@ -114,9 +115,12 @@ async fn handle(
 
 /// A reclaimed instance of a run that names a request template is continued as exactly one
 /// SageMaker managed-spot job from the run's newest valid checkpoint; the warning is recorded,
-/// the continuation announced; a redelivered warning creates nothing more; a rebalance
-/// recommendation is only recorded; an untagged instance is left alone; and a run whose policy
-/// says give up without a checkpoint (it has none) is given up, not continued.
+/// the continuation announced; a redelivered warning, and the warning for the run's second
+/// instance, create nothing more (`ResourceInUse` from the service, then the existing job's
+/// `spotcheck:run`/`generation` checked); a rebalance recommendation is only recorded; an
+/// untagged instance is left alone; a run whose policy says give up without a checkpoint (it
+/// has none) is given up, not continued; and a run whose checkpoint URI lies outside the
+/// stack's checkpoint location is refused without a read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     let e = Emulators::from_env();
@@ -150,7 +154,13 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
         checkpoints: S3Checkpoints::new(s3_client.clone()),
         ledger: S3Ledger::new(s3_client, &ledger, LEDGER_PREFIX),
         events: EventBridgeSink::new(&sdk_config(&e.eventbridge, &tuning)),
-        config: HandlerConfig::new(Policy::default()),
+        config: HandlerConfig {
+            checkpoint_scope: Some(CheckpointScope {
+                bucket: bucket.clone(),
+                prefix: String::new(),
+            }),
+            ..HandlerConfig::new(Policy::default())
+        },
     };
     let announcements = spotcheck_tap(&eb, &sqs, &run).await;
     let lines = Lines::default();
@@ -165,7 +175,7 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
         ],
     )
     .await;
-    let name = continuation_name(&run, &instance);
+    let name = continuation_name(&run, 1);
 
     // The warning: routed to the function, recorded, continued.
     let warning = event_for("ec2-spot-interruption-terminate", &instance);
@@ -214,6 +224,10 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
         Some("true")
     );
     assert_eq!(tags.get("spotcheck:run"), Some(&run));
+    assert_eq!(
+        tags.get("spotcheck:generation").map(String::as_str),
+        Some("1")
+    );
     assert_eq!(tags.get("spotcheck:parent"), Some(&instance));
     assert_eq!(
         tags.get("spotcheck:resume-step").map(String::as_str),
@@ -245,6 +259,41 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     assert_eq!(
         emulators::objects(&s3, &ledger, &record_prefix).await.len(),
         1
+    );
+
+    // The run's second instance, reclaimed with the first: the same continuation.
+    let sibling = launch(
+        &ec2,
+        &[
+            ("spotcheck:run", run.as_str()),
+            ("spotcheck:checkpoint-uri", checkpoint_uri.as_str()),
+            ("spotcheck:continue-on", template_uri.as_str()),
+        ],
+    )
+    .await;
+    let second = handle(
+        &h,
+        &local,
+        &lines,
+        &event_for("ec2-spot-interruption-terminate", &sibling),
+    )
+    .await;
+    assert_eq!(
+        second.outcome,
+        Outcome::AlreadyRelaunched,
+        "{:?}",
+        second.effects
+    );
+    let listed = sm
+        .list_training_jobs()
+        .name_contains(&run)
+        .send()
+        .await
+        .expect("ListTrainingJobs");
+    assert_eq!(
+        listed.training_job_summaries().len(),
+        1,
+        "one continuation for the run, not one per instance"
     );
 
     // A rebalance recommendation: recorded as advisory, no validation, no continuation.
@@ -285,7 +334,7 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
         ],
     )
     .await;
-    let strict_name = continuation_name(&strict_run, &strict);
+    let strict_name = continuation_name(&strict_run, 1);
     let gave_up = handle(
         &h,
         &local,
@@ -309,14 +358,51 @@ async fn a_reclaimed_instance_is_continued_once_as_a_managed_spot_job() {
     assert_eq!(record["cause"], "no_checkpoint");
     assert_eq!(record["job_name"], strict_name.as_str());
 
-    // Announced: the continuation twice (at least once per delivery), the give-up once.
+    // A run whose checkpoint URI lies in another bucket than the stack's: refused, unread.
+    let outside_run = format!("{run}-outside");
+    let outside = launch(
+        &ec2,
+        &[
+            ("spotcheck:run", outside_run.as_str()),
+            (
+                "spotcheck:checkpoint-uri",
+                &format!("s3://{ledger}/{outside_run}"),
+            ),
+            ("spotcheck:continue-on", template_uri.as_str()),
+        ],
+    )
+    .await;
+    let refused = handle(
+        &h,
+        &local,
+        &lines,
+        &event_for("ec2-spot-interruption-terminate", &outside),
+    )
+    .await;
+    assert_eq!(refused.outcome, Outcome::GaveUp, "{:?}", refused.effects);
+    assert!(refused.checkpoints.is_none(), "not validated");
+    let outside_name = continuation_name(&outside_run, 1);
+    assert!(local.job(&outside_name).is_none(), "not created");
+    let give_up = emulators::objects(
+        &s3,
+        &ledger,
+        &format!("{LEDGER_PREFIX}give-ups/{outside_run}/"),
+    )
+    .await;
+    assert_eq!(give_up.len(), 1);
+    let record: Value = serde_json::from_slice(&give_up[0].1).expect("JSON");
+    assert_eq!(record["cause"], "not_permitted", "{record}");
+
+    // Announced: the continuation three times (at least once per delivery), each give-up once.
     let messages = sqs
         .collect_until(&announcements.queue, Duration::from_secs(30), |m| {
-            m.len() >= 3
+            m.len() >= 5
         })
         .await;
     let mut expected = vec![
+        ("Recovery Gave Up".to_owned(), outside_name.clone()),
         ("Recovery Gave Up".to_owned(), strict_name.clone()),
+        ("Training Run Continued".to_owned(), name.clone()),
         ("Training Run Continued".to_owned(), name.clone()),
         ("Training Run Continued".to_owned(), name.clone()),
     ];

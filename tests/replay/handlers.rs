@@ -291,6 +291,7 @@ async fn spot_lineage_is_relaunched_recorded_and_replayed_without_duplicates() {
             // The interrupted parent stays InProgress/Interrupted for 4 s of wall time: its
             // event is handled (through EventBridge and SQS) while it is still current.
             grace_seconds: 400.0,
+            warned_reclaims: true,
         },
     )
     .await;
@@ -377,7 +378,28 @@ async fn spot_lineage_is_relaunched_recorded_and_replayed_without_duplicates() {
         names, expected_names,
         "exactly the parent and two relaunches exist"
     );
-    for (name, instance_type, parent, attempt) in [(&r2, P3, &root, "2"), (&r3, G5, &r2, "3")] {
+    // The lineage's runtime budget is the root's MaxRuntimeInSeconds (3600): each relaunch gets
+    // what its parents' TrainingTimeInSeconds left of it.
+    let trained = |name: String| {
+        let sm = sm.clone();
+        async move {
+            let job = sm
+                .describe_training_job()
+                .training_job_name(&name)
+                .send()
+                .await
+                .expect("Describe");
+            u64::try_from(job.training_time_in_seconds().unwrap_or(0)).unwrap_or(0)
+        }
+    };
+    let used_by_r2 = trained(root.clone()).await;
+    let used_by_r3 = used_by_r2 + trained(r2.clone()).await;
+    assert!(used_by_r2 > 0, "the root trained before spot went");
+    // Interruptions: the root's one; then r2's spot that never arrived counts as another.
+    for (name, instance_type, parent, attempt, used, interruptions) in [
+        (&r2, P3, &root, "2", used_by_r2, "1"),
+        (&r3, G5, &r2, "3", used_by_r3, "2"),
+    ] {
         let job = sm
             .describe_training_job()
             .training_job_name(name)
@@ -402,7 +424,11 @@ async fn spot_lineage_is_relaunched_recorded_and_replayed_without_duplicates() {
             "{name} resumes from the parent's checkpoint prefix"
         );
         let sc = job.stopping_condition().expect("StoppingCondition");
-        assert_eq!(sc.max_runtime_in_seconds(), Some(3600));
+        assert_eq!(
+            sc.max_runtime_in_seconds().map(i64::from),
+            Some(3600 - used as i64),
+            "{name}: what is left of the lineage's runtime budget"
+        );
         assert_eq!(sc.max_wait_time_in_seconds(), Some(7200));
         assert_eq!(
             job.role_arn(),
@@ -438,7 +464,8 @@ async fn spot_lineage_is_relaunched_recorded_and_replayed_without_duplicates() {
             ("spotcheck:parent", parent),
             ("spotcheck:attempt", attempt),
             ("spotcheck:resume-step", "200"),
-            ("spotcheck:interruptions", "1"),
+            ("spotcheck:interruptions", interruptions),
+            ("spotcheck:runtime-used", &used.to_string()),
         ] {
             assert_eq!(
                 tags.get(k).map(String::as_str),
@@ -750,6 +777,197 @@ async fn user_stops_and_user_errors_are_recorded_never_relaunched() {
         "{}",
         messages[0]
     );
+    announcements.remove(&eb, &sqs).await;
+}
+
+/// Relaunches against what the local service's DescribeTrainingJob fills in, as SageMaker does,
+/// and its CreateTrainingJob refuses back. Spot capacity never arrives on ml.p3.2xlarge (a trace
+/// outage from the start), so each root ends Stopped/MaxWaitTimeExceeded without training and is
+/// relaunched one rung down the ladder, on ml.g5.2xlarge (local NVMe storage):
+///
+/// - a built-in algorithm (the XGBoost image) with a `VolumeKmsKeyId`: Describe lists the
+///   algorithm's MetricDefinitions, which Create refuses for a built-in algorithm, and ml.g5
+///   refuses the volume key; its tag `spotcheck:on-demand-after=1` makes the relaunch
+///   on-demand, because spot capacity that never arrived counts as an interruption;
+/// - a job of an `AlgorithmName`: Describe adds the algorithm's TrainingImage, which Create
+///   refuses next to the name;
+/// - a root whose relaunch name is already taken by another lineage's job: the service answers
+///   ResourceInUse, and the existing job's `spotcheck:parent` makes it a name collision (given
+///   up, recorded, announced), not "already relaunched".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaunches_leave_out_what_describe_filled_in_and_check_a_taken_name() {
+    let e = Emulators::from_env();
+    let s3 = emulators::s3(&e.s3).await;
+    let bucket = emulators::bucket(&s3, "replay-ml").await;
+    let ledger = emulators::bucket(&s3, "replay-ledger").await;
+    let prefix = emulators::unique("fill");
+    let local = LocalSageMaker::start(
+        &e.s3,
+        Options {
+            outages: vec![(P3.into(), 0.0, 1.0e7)],
+            ..Options::default()
+        },
+    )
+    .await;
+    let lines = Lines::default();
+    let h = handler(
+        &local.endpoint(),
+        &e.s3,
+        &e.eventbridge,
+        &ledger,
+        &Tuning::lambda().await,
+    );
+    let sm = emulators::sagemaker(&local.endpoint()).await;
+    let eb = emulators::eventbridge(&e.eventbridge).await;
+    let sqs = Sqs::new(&e.sqs);
+    let announcements = spotcheck_tap(&eb, &sqs, &prefix).await;
+    let ladder = ("spotcheck:instance-ladder".to_owned(), format!("{P3},{G5}"));
+
+    let builtin = format!("{prefix}-xgb");
+    let mut request = JobRequest::spot(&builtin, P3, &bucket);
+    request.tags = vec![
+        ladder.clone(),
+        ("spotcheck:on-demand-after".into(), "1".into()),
+    ];
+    let mut body = request.body();
+    body["AlgorithmSpecification"]["TrainingImage"] =
+        json!("683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1");
+    body["ResourceConfig"]["VolumeKmsKeyId"] = json!("alias/training-volumes");
+    local.create(&body);
+
+    let by_name = format!("{prefix}-algo");
+    let mut request = JobRequest::spot(&by_name, P3, &bucket);
+    request.tags = vec![ladder.clone()];
+    let mut body = request.body();
+    body["AlgorithmSpecification"] =
+        json!({"AlgorithmName": "my-algorithm", "TrainingInputMode": "File"});
+    local.create(&body);
+
+    let squatted = format!("{prefix}-sq");
+    let mut request = JobRequest::spot(&squatted, P3, &bucket);
+    request.tags = vec![ladder.clone()];
+    local.create(&request.body());
+    let mut squatter = JobRequest::spot(&relaunch_name(&squatted, 2), G5, &bucket);
+    squatter.tags = vec![("spotcheck:parent".into(), "another-lineage".into())];
+    local.create(&squatter.body());
+
+    // The three roots stop at about the same simulated time: handle each one's Stopped event
+    // as it comes.
+    let roots = [builtin.clone(), by_name.clone(), squatted.clone()];
+    let mut outcomes = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while outcomes.len() < roots.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = local
+            .next_event(left)
+            .await
+            .unwrap_or_else(|| panic!("not every root stopped in time: {}", local.summary()));
+        let d = &event["detail"];
+        let name = d["TrainingJobName"].as_str().unwrap_or_default().to_owned();
+        if !roots.contains(&name)
+            || d["TrainingJobStatus"] != "Stopped"
+            || d["SecondaryStatus"] != "MaxWaitTimeExceeded"
+        {
+            continue;
+        }
+        let out = h
+            .handle(
+                &serde_json::to_vec(&event).expect("JSON"),
+                local.now(),
+                &lines,
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        outcomes.insert(name, (out.outcome, out.effects));
+    }
+
+    // The built-in algorithm: relaunched on ml.g5, on-demand, without the volume key.
+    assert_eq!(
+        outcomes[&builtin].0,
+        Outcome::Relaunched,
+        "{:?}",
+        outcomes[&builtin].1
+    );
+    let r2 = sm
+        .describe_training_job()
+        .training_job_name(relaunch_name(&builtin, 2))
+        .send()
+        .await
+        .expect("the relaunch exists");
+    let rc = r2.resource_config().expect("ResourceConfig");
+    assert_eq!(rc.instance_type().map(|t| t.as_str()), Some(G5));
+    assert_eq!(rc.volume_kms_key_id(), None);
+    assert_eq!(
+        r2.enable_managed_spot_training(),
+        Some(false),
+        "spot that never arrived counts towards on-demand-after=1"
+    );
+    assert_eq!(
+        r2.stopping_condition()
+            .and_then(|s| s.max_wait_time_in_seconds()),
+        None
+    );
+
+    // The algorithm resource: relaunched by name alone.
+    assert_eq!(
+        outcomes[&by_name].0,
+        Outcome::Relaunched,
+        "{:?}",
+        outcomes[&by_name].1
+    );
+    let r2 = sm
+        .describe_training_job()
+        .training_job_name(relaunch_name(&by_name, 2))
+        .send()
+        .await
+        .expect("the relaunch exists");
+    assert_eq!(
+        r2.algorithm_specification()
+            .and_then(|a| a.algorithm_name()),
+        Some("my-algorithm")
+    );
+
+    // The taken name: a collision, recorded and announced; the other lineage's job untouched.
+    assert_eq!(
+        outcomes[&squatted].0,
+        Outcome::GaveUp,
+        "{:?}",
+        outcomes[&squatted].1
+    );
+    let give_ups = emulators::objects(
+        &s3,
+        &ledger,
+        &format!("{LEDGER_PREFIX}give-ups/{squatted}/"),
+    )
+    .await;
+    assert_eq!(give_ups.len(), 1);
+    let record: Value = serde_json::from_slice(&give_ups[0].1).expect("JSON");
+    assert_eq!(record["cause"], "name_collision", "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("its spotcheck:parent is \"another-lineage\""),
+        "{record}"
+    );
+    let messages = sqs
+        .collect_until(&announcements.queue, Duration::from_secs(30), |m| {
+            m.len() >= 3
+        })
+        .await;
+    let mut expected = vec![
+        ("Recovery Gave Up".to_owned(), squatted.clone()),
+        (
+            "Training Job Relaunched".to_owned(),
+            relaunch_name(&builtin, 2),
+        ),
+        (
+            "Training Job Relaunched".to_owned(),
+            relaunch_name(&by_name, 2),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(announced(&messages), expected);
     announcements.remove(&eb, &sqs).await;
 }
 

@@ -116,8 +116,9 @@ async fn the_sagemaker_events_binary_serves_invocations_through_the_lambda_runti
     );
     assert_eq!(
         sagemaker.count("ListTags"),
-        2 + spotcheck_aws::sdk::MAX_ATTEMPTS as usize,
-        "the two Stopped invocations (the malformed event calls nothing), then the SDK's attempts"
+        3 + spotcheck_aws::sdk::MAX_ATTEMPTS as usize,
+        "the two Stopped invocations (the second also reads the existing relaunch's tags after \
+         ResourceInUse; the malformed event calls nothing), then the SDK's attempts"
     );
     sagemaker.clear();
     let recovered = response(&api.invoke(&stopped_file).await, "after the fault");

@@ -14,17 +14,22 @@
 //! - [`checkpoints`] — checkpoints in S3: writing, uploading, mutating, and a counting
 //!   [`CheckpointStore`](spotcheck_aws::CheckpointStore).
 //! - [`lambda`] — the Lambda runtime API: cargo-lambda's emulator and the function binary.
+//! - [`ledger`] — ledger records written in bulk by the real handler over an in-memory
+//!   SageMaker, for reports.
+//! - [`browser`] — headless Chromium driven over the DevTools protocol, to check a page renders.
 //!
 //! Tests that need an emulator fail (never skip) when its variable is missing, with a message
 //! saying to run them through `scripts/test-all.sh`.
 
 #![warn(missing_docs)]
 
+pub mod browser;
 pub mod checkpoints;
 pub mod emulators;
 pub mod fixtures;
 pub mod http;
 pub mod lambda;
+pub mod ledger;
 pub mod local;
 pub mod proxy;
 pub mod sqs;

@@ -18,6 +18,18 @@
 //!    listed in [`CheckpointValidation::size_only`].
 //! 4. `judge_at` decides; the walk stops at the first valid checkpoint.
 //!
+//! **Multi-host jobs**: when the prefix holds job commits (`commit-<step>.json` beside the host
+//! namespaces), a step counts only when it is complete — every participant's checkpoint valid
+//! and exactly the one the commit names (its `manifest.json`'s SHA-256) — by the protocol
+//! crate's `judge_step`. Commits are walked newest first; the first complete step is the
+//! newest valid one, and for each newer one [`CheckpointValidation::incomplete_steps`] says
+//! which host is missing, torn or different. Without commits, each checkpoint stands alone.
+//!
+//! A prefix that holds objects but none in a spotcheck checkpoint directory holds another
+//! library's checkpoints (Hugging Face Trainer's `checkpoint-500/`, a plain `torch.save`): its
+//! summary says [`Validation::UnknownFormat`] instead of "no valid checkpoint", so the engine
+//! relaunches without judging progress it cannot see.
+//!
 //! Cost: one LIST page per 1000 keys, then per checkpoint judged one GET of at most 1 MiB and one
 //! HEAD per file — it grows with the number of files, not their bytes (except the stream-hash
 //! fallback). Checkpoints older than the newest valid one are not judged: nothing resumes from
@@ -28,10 +40,12 @@ use std::future::Future;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use spotcheck_control::CheckpointSummary;
+use spotcheck_control::{CheckpointSummary, Validation};
 use spotcheck_protocol::{
-    check_namespace, crc64nvme_to_base64, is_transport_name, judge_at, parse_step_dir_name,
-    CheckpointReport, Location, Manifest, ObservedFile, Status, MANIFEST_FILE, MAX_MANIFEST_BYTES,
+    check_namespace, commit_file_name, crc64nvme_to_base64, is_transport_name, judge_at,
+    judge_step, manifest_digest, parse_commit_file_name, parse_step_dir_name, CheckpointReport,
+    JobCommit, JobStepReport, Location, Manifest, ObservedFile, ParticipantCheck, Status,
+    StepVerdict, Verdict, MANIFEST_FILE, MAX_COMMIT_BYTES, MAX_MANIFEST_BYTES,
 };
 
 use crate::error::{AwsError, ErrorKind};
@@ -133,6 +147,10 @@ pub struct CheckpointValidation {
     /// `<checkpoint>/<path>` of files checked by size only (no CRC-64/NVME in S3, too large to
     /// stream-hash).
     pub size_only: Vec<String>,
+    /// In a multi-host job prefix: the steps newer than the newest complete one, each with
+    /// which host is missing, torn, corrupt or different (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete_steps: Vec<JobStepReport>,
 }
 
 impl CheckpointValidation {
@@ -248,6 +266,19 @@ pub async fn validate_checkpoints<S: CheckpointStore + Sync>(
         parse_s3_uri(uri).ok_or_else(|| ValidationError::BadUri(uri.to_owned()))?;
     let listing = store.list(&bucket, &prefix).await?;
     let groups = group(&prefix, &listing);
+    let foreign = listing.iter().any(|object| {
+        object
+            .key
+            .strip_prefix(&prefix)
+            .is_some_and(|rel| !rel.is_empty() && !rel.split('/').any(is_transport_name))
+    });
+    let commits: BTreeMap<u64, String> = listing
+        .iter()
+        .filter_map(|o| {
+            let rel = o.key.strip_prefix(&prefix)?;
+            Some((parse_commit_file_name(rel)?, o.key.clone()))
+        })
+        .collect();
     let mut result = CheckpointValidation {
         uri: uri.to_owned(),
         summary: CheckpointSummary::default(),
@@ -255,13 +286,23 @@ pub async fn validate_checkpoints<S: CheckpointStore + Sync>(
         checkpoints: Vec::new(),
         not_judged: 0,
         size_only: Vec::new(),
+        incomplete_steps: Vec::new(),
     };
+    if groups.is_empty() && foreign {
+        result.summary.validation = Validation::UnknownFormat;
+        return Ok(result);
+    }
+    if !commits.is_empty() {
+        validate_job(store, &bucket, &commits, &groups, options, &mut result).await?;
+        return Ok(result);
+    }
     let mut newest_first: Vec<_> = groups.into_iter().collect();
     newest_first.sort_by_key(|(location, _)| std::cmp::Reverse((location.step, location.name())));
     let total = newest_first.len();
     for (index, (location, candidate)) in newest_first.into_iter().enumerate() {
-        let (verdict, manifest) =
-            judge_one(store, &bucket, &location, &candidate, options, &mut result).await?;
+        let Judged {
+            verdict, manifest, ..
+        } = judge_one(store, &bucket, &location, &candidate, options, &mut result).await?;
         let valid = verdict.is_valid();
         result.summary.any_corrupt |= verdict.status() == Status::Corrupt;
         result
@@ -278,6 +319,88 @@ pub async fn validate_checkpoints<S: CheckpointStore + Sync>(
     Ok(result)
 }
 
+/// Walks a job prefix's commits newest first until one is complete (see the module doc).
+async fn validate_job<S: CheckpointStore + Sync>(
+    store: &S,
+    bucket: &str,
+    commits: &BTreeMap<u64, String>,
+    groups: &BTreeMap<Location, Candidate>,
+    options: ValidationOptions,
+    result: &mut CheckpointValidation,
+) -> Result<(), AwsError> {
+    let total = commits.len();
+    for (index, (&step, key)) in commits.iter().rev().enumerate() {
+        let bytes = store
+            .get_head_bytes(bucket, key, MAX_COMMIT_BYTES as u64 + 1)
+            .await?;
+        let commit = match bytes
+            .as_deref()
+            .map(|b| JobCommit::parse_at(&commit_file_name(step), b))
+        {
+            Some(Ok(commit)) => commit,
+            Some(Err(e)) => {
+                result.incomplete_steps.push(JobStepReport {
+                    step,
+                    commit: commit_file_name(step),
+                    verdict: StepVerdict::Incomplete {
+                        problems: vec![format!("the commit is unreadable: {e}")],
+                    },
+                });
+                continue;
+            }
+            // Deleted between the listing and the GET.
+            None => continue,
+        };
+        let mut found = BTreeMap::new();
+        let mut finished = commit.finished();
+        for p in &commit.participants {
+            let location = Location {
+                namespace: Some(p.namespace.clone()),
+                step,
+            };
+            let Some(candidate) = groups.get(&location) else {
+                continue;
+            };
+            let judged = judge_one(store, bucket, &location, candidate, options, result).await?;
+            finished |= judged.manifest.as_ref().is_some_and(marks_finished);
+            result.summary.any_corrupt |= judged.verdict.status() == Status::Corrupt;
+            result
+                .checkpoints
+                .push(CheckpointReport::new(&location, judged.verdict.clone()));
+            found.insert(
+                p.namespace.clone(),
+                ParticipantCheck {
+                    verdict: judged.verdict,
+                    manifest_sha256: judged.manifest_sha256,
+                },
+            );
+        }
+        match judge_step(&commit, &found) {
+            StepVerdict::Complete => {
+                result.summary.latest_valid_step = Some(step);
+                result.summary.finished = finished;
+                result.latest_valid = Some(commit_file_name(step));
+                result.not_judged = total - index - 1;
+                return Ok(());
+            }
+            verdict => result.incomplete_steps.push(JobStepReport {
+                step,
+                commit: commit_file_name(step),
+                verdict,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// One checkpoint's verdict, its manifest when it parsed, and the SHA-256 of the manifest's
+/// bytes (what a job commit names).
+struct Judged {
+    verdict: Verdict,
+    manifest: Option<Manifest>,
+    manifest_sha256: Option<String>,
+}
+
 async fn judge_one<S: CheckpointStore + Sync>(
     store: &S,
     bucket: &str,
@@ -285,18 +408,30 @@ async fn judge_one<S: CheckpointStore + Sync>(
     candidate: &Candidate,
     options: ValidationOptions,
     result: &mut CheckpointValidation,
-) -> Result<(spotcheck_protocol::Verdict, Option<Manifest>), AwsError> {
+) -> Result<Judged, AwsError> {
+    let absent = || Judged {
+        verdict: judge_at(location, None, &[]),
+        manifest: None,
+        manifest_sha256: None,
+    };
     let Some(manifest_key) = &candidate.manifest else {
-        return Ok((judge_at(location, None, &[]), None));
+        return Ok(absent());
     };
     let limit = MAX_MANIFEST_BYTES as u64 + 1;
     let Some(bytes) = store.get_head_bytes(bucket, manifest_key, limit).await? else {
         // Deleted between the listing and the GET.
-        return Ok((judge_at(location, None, &[]), None));
+        return Ok(absent());
     };
+    let manifest_sha256 = Some(manifest_digest(&bytes));
     let manifest = match Manifest::parse(&bytes) {
         Ok(manifest) => manifest,
-        Err(_) => return Ok((judge_at(location, Some(&bytes), &[]), None)),
+        Err(_) => {
+            return Ok(Judged {
+                verdict: judge_at(location, Some(&bytes), &[]),
+                manifest: None,
+                manifest_sha256,
+            })
+        }
     };
     // First the listing's sizes: a missing or truncated file needs no HEAD to be judged.
     let listed: Vec<ObservedFile> = manifest
@@ -314,7 +449,11 @@ async fn judge_one<S: CheckpointStore + Sync>(
         .collect();
     let by_size = judge_at(location, Some(&bytes), &listed);
     if !by_size.is_valid() {
-        return Ok((by_size, Some(manifest)));
+        return Ok(Judged {
+            verdict: by_size,
+            manifest: Some(manifest),
+            manifest_sha256,
+        });
     }
     // Then S3's checksums, a bounded number of requests at a time.
     let observed: Vec<(ObservedFile, bool)> = futures::stream::iter(manifest.files.iter())
@@ -359,7 +498,11 @@ async fn judge_one<S: CheckpointStore + Sync>(
             .map(|(f, _)| format!("{name}/{}", f.path)),
     );
     let observed: Vec<ObservedFile> = observed.into_iter().map(|(f, _)| f).collect();
-    Ok((judge_at(location, Some(&bytes), &observed), Some(manifest)))
+    Ok(Judged {
+        verdict: judge_at(location, Some(&bytes), &observed),
+        manifest: Some(manifest),
+        manifest_sha256,
+    })
 }
 
 /// [`CheckpointStore`] over the AWS SDK's S3 client.

@@ -4,6 +4,7 @@
 //! validation, and loading the optional price table from S3. An invalid value is an error at
 //! cold start — the function fails loudly instead of deciding with a default.
 
+use spotcheck_control::ec2::CheckpointScope;
 use spotcheck_control::{Policy, PriceTable};
 
 use crate::checkpoints::{parse_s3_uri, CheckpointStore};
@@ -15,6 +16,11 @@ pub const LEDGER_BUCKET: &str = "SPOTCHECK_LEDGER_BUCKET";
 pub const LEDGER_PREFIX: &str = "SPOTCHECK_LEDGER_PREFIX";
 /// Optional `s3://bucket/key` of an on-demand price table replacing the built-in snapshot.
 pub const PRICE_TABLE: &str = "SPOTCHECK_PRICE_TABLE";
+/// The stack's checkpoint bucket (`CheckpointBucket`): EC2 runs' `spotcheck:checkpoint-uri`
+/// must lie in it.
+pub const CHECKPOINT_BUCKET: &str = "SPOTCHECK_CHECKPOINT_BUCKET";
+/// The key prefix under it (`CheckpointPrefix`; empty: the whole bucket).
+pub const CHECKPOINT_PREFIX: &str = "SPOTCHECK_CHECKPOINT_PREFIX";
 
 /// Largest price table read.
 const MAX_PRICE_TABLE_BYTES: u64 = 1 << 20;
@@ -47,7 +53,8 @@ pub enum ConfigError {
 /// The environment, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// The base recovery policy (`SPOTCHECK_MAX_ATTEMPTS`, …; job tags override it).
+    /// The base recovery policy and the operator's ceilings (`SPOTCHECK_MAX_ATTEMPTS`, …,
+    /// `SPOTCHECK_ALLOWED_INSTANCE_TYPES`; job tags may tighten it within the ceilings).
     pub policy: Policy,
     /// `SPOTCHECK_LEDGER_BUCKET`.
     pub ledger_bucket: String,
@@ -55,6 +62,8 @@ pub struct Settings {
     pub ledger_prefix: String,
     /// `SPOTCHECK_PRICE_TABLE`, when set.
     pub price_table_uri: Option<String>,
+    /// `SPOTCHECK_CHECKPOINT_BUCKET` and `_PREFIX`, when the bucket is set.
+    pub checkpoint_scope: Option<CheckpointScope>,
 }
 
 impl Settings {
@@ -87,6 +96,10 @@ impl Settings {
             ledger_bucket: get(LEDGER_BUCKET).ok_or(ConfigError::Missing(LEDGER_BUCKET))?,
             ledger_prefix: get(LEDGER_PREFIX).unwrap_or_default(),
             price_table_uri,
+            checkpoint_scope: get(CHECKPOINT_BUCKET).map(|bucket| CheckpointScope {
+                bucket,
+                prefix: get(CHECKPOINT_PREFIX).unwrap_or_default(),
+            }),
         })
     }
 }
@@ -135,6 +148,20 @@ mod tests {
         assert_eq!(s.ledger_bucket, "ledger");
         assert_eq!(s.policy.max_attempts, 4);
         assert_eq!(s.price_table_uri, None);
+        assert_eq!(s.checkpoint_scope, None);
+        let s = Settings::from_env([
+            (LEDGER_BUCKET, "ledger"),
+            (CHECKPOINT_BUCKET, "ckpt"),
+            (CHECKPOINT_PREFIX, "runs/"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.checkpoint_scope,
+            Some(CheckpointScope {
+                bucket: "ckpt".into(),
+                prefix: "runs/".into()
+            })
+        );
         assert!(matches!(
             Settings::from_env([(LEDGER_PREFIX, "x/")]),
             Err(ConfigError::Missing(LEDGER_BUCKET))

@@ -314,14 +314,15 @@ pub fn parse_template(bytes: &[u8]) -> Result<Template, TemplateError> {
 
 /// The CreateTrainingJob request continuing `plan`'s run from `template` (pure; no network).
 ///
-/// The template as written, then: `TrainingJobName` = the plan's deterministic name (so a
-/// duplicate warning asks for the same name and `ResourceInUse` means done);
+/// The template as written, then: `TrainingJobName` = the plan's deterministic name (from the
+/// run and the generation, so every warning for the run's instances asks for the same name);
 /// `EnableManagedSpotTraining` = `true`; `CheckpointConfig.S3Uri` = the run's checkpoint URI
 /// when the instance is tagged with one (the template's `LocalPath` kept); tags = the template's
 /// minus the `spotcheck:` lineage keys, plus `spotcheck:enabled=true` (the job is managed from
 /// then on, and IAM requires it), `spotcheck:root` = the job itself (attempt 1 of a SageMaker
-/// lineage), `spotcheck:attempt=1`, `spotcheck:run`, `spotcheck:parent` = the reclaimed
-/// instance, and `spotcheck:resume-step` when the newest valid checkpoint is known.
+/// lineage), `spotcheck:attempt=1`, `spotcheck:run`, `spotcheck:generation` = the plan's,
+/// `spotcheck:parent` = the reclaimed instance, and `spotcheck:resume-step` when the newest
+/// valid checkpoint is known.
 pub fn continuation_request(
     template: &Template,
     plan: &ContinuationPlan,
@@ -343,7 +344,7 @@ pub fn continuation_request(
         .iter()
         .flatten()
         .filter(|tag| !keys::LINEAGE.contains(&tag.key.as_str()))
-        .filter(|tag| tag.key != keys::ENABLED && tag.key != keys::RUN)
+        .filter(|tag| ![keys::ENABLED, keys::RUN, keys::GENERATION].contains(&tag.key.as_str()))
         .map(|tag| (tag.key.clone(), tag.value.clone()))
         .collect();
     tags.extend(
@@ -352,6 +353,7 @@ pub fn continuation_request(
             (keys::ROOT, plan.name.clone()),
             (keys::ATTEMPT, "1".to_owned()),
             (keys::RUN, plan.run.clone()),
+            (keys::GENERATION, plan.generation.to_string()),
             (keys::PARENT, plan.instance_id.clone()),
         ]
         .into_iter()

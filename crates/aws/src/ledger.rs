@@ -90,6 +90,13 @@ pub mod keys {
         format!("give-ups/{}/{}.json", segment(root), segment(job))
     }
 
+    /// `checkpoint-validations/<job or run>/unavailable.json`: the checkpoints could not be
+    /// validated (AccessDenied, no such bucket, not `s3://`); the decision went on without them.
+    /// Once per job or run: the first failure is the one to fix.
+    pub fn checkpoint_unavailable(name: &str) -> String {
+        format!("checkpoint-validations/{}/unavailable.json", segment(name))
+    }
+
     /// `checkpoint-validations/<job or run>/<newest corrupt checkpoint>.json`: a validation
     /// that found corrupt checkpoints. Keyed by what was found, not by the event, so the several
     /// events SageMaker may send for one state change record it once; a checkpoint that turns

@@ -15,7 +15,8 @@
 //! The [`handler`] module runs the flow — parse, gather inputs, decide, act, log one line — as
 //! code generic over those traits, so the two Lambdas, the tests (with in-memory fakes) and a
 //! future local service share it. Pure pieces are separate functions: [`relaunch_request`]
-//! (DescribeTrainingJob output + plan → CreateTrainingJob input), [`continuation_request`]
+//! (DescribeTrainingJob output + plan → CreateTrainingJob input, minus what
+//! [`create_rules`] says CreateTrainingJob refuses), [`continuation_request`]
 //! (an EC2 run's request template + plan → CreateTrainingJob input), [`job_facts`],
 //! [`error::classify`], the ledger [`keys`](ledger::keys).
 
@@ -24,6 +25,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod continuation;
+pub mod create_rules;
 pub mod error;
 pub mod events;
 pub mod handler;

@@ -4,7 +4,8 @@
 //! Owns DescribeTrainingJob → [`JobFacts`] ([`job_facts`]), the relaunch request
 //! ([`relaunch_request`]: DescribeTrainingJob output + [`RelaunchPlan`] → a
 //! CreateTrainingJob input builder, every field carried over), and the mapping of
-//! CreateTrainingJob's `ResourceInUse` to [`Created::AlreadyExists`]. The adapter sends
+//! CreateTrainingJob's `ResourceInUse` to [`Created::AlreadyExists`] (for the handler to
+//! check against the existing job's tags). The adapter sends
 //! whatever request it is given; building one is always a pure function. It decides nothing: the
 //! plan says what changes, this module only applies it.
 //!
@@ -19,6 +20,7 @@ use aws_sdk_sagemaker::types::{Tag, TrainingInstanceType};
 use spotcheck_control::job::{CheckpointConfig, FactsOrigin, StatusTransition};
 use spotcheck_control::{JobFacts, RelaunchPlan, Tags, Timestamp};
 
+use crate::create_rules::{has_instance_storage, is_builtin_algorithm};
 use crate::error::{AwsError, ErrorKind};
 
 /// One DescribeTrainingJob answer: the engine's view and the SDK's, side by side.
@@ -39,7 +41,8 @@ pub enum Created {
         arn: String,
     },
     /// A job with this (deterministic) name already exists: an earlier delivery of the same
-    /// event created it, so there is nothing left to do.
+    /// event created it — or someone else's job holds the name, which the handler tells apart
+    /// by the existing job's lineage tags.
     AlreadyExists,
 }
 
@@ -55,7 +58,8 @@ pub trait TrainingJobs {
 
     /// CreateTrainingJob with a request built by a pure function ([`relaunch_request`], or
     /// [`continuation_request`](crate::continuation::continuation_request)). `ResourceInUse`
-    /// is [`Created::AlreadyExists`]: the names are deterministic, so it means "already done".
+    /// is [`Created::AlreadyExists`]: the names are deterministic, so it usually means "already
+    /// done", which the handler confirms from the existing job's tags.
     fn create(
         &self,
         request: CreateTrainingJobInputBuilder,
@@ -123,6 +127,7 @@ pub fn job_facts(output: &DescribeTrainingJobOutput) -> Result<JobFacts, AwsErro
         last_modified_time: time(output.last_modified_time()),
         tags: Tags::new(),
         origin: FactsOrigin::DescribeTrainingJob,
+        unreadable: Vec::new(),
     })
 }
 
@@ -157,7 +162,17 @@ fn seconds_i32(seconds: u64) -> i32 {
 ///   cleared so it picks again);
 /// - `EnableManagedSpotTraining` = the plan's `spot`; on-demand also drops
 ///   `MaxWaitTimeInSeconds`, which CreateTrainingJob only accepts with managed spot;
-/// - `MaxWaitTimeInSeconds` / `MaxRuntimeInSeconds` = the plan's values when set.
+/// - `MaxWaitTimeInSeconds` / `MaxRuntimeInSeconds` = the plan's values when set (the runtime
+///   is what is left of the lineage's budget).
+///
+/// What DescribeTrainingJob filled in but CreateTrainingJob refuses is left out
+/// ([`crate::create_rules`]):
+///
+/// - `ResourceConfig.VolumeKmsKeyId` when the relaunch's instance type has local NVMe storage;
+/// - `AlgorithmSpecification.TrainingImage` when it names an `AlgorithmName` (Describe fills
+///   in the algorithm's image; Create takes one or the other);
+/// - `AlgorithmSpecification.MetricDefinitions` of a built-in algorithm (Describe lists the
+///   algorithm's own).
 ///
 /// `SessionChainingConfig` is the one CreateTrainingJob field DescribeTrainingJob does not
 /// return (SDK 1.248), so it cannot be carried over.
@@ -172,6 +187,29 @@ pub fn relaunch_request(
         }
         rc.selected_instance_type = None;
         rc.selected_instance_count = None;
+        if rc
+            .instance_type
+            .as_ref()
+            .is_some_and(|t| has_instance_storage(t.as_str()))
+        {
+            rc.volume_kms_key_id = None;
+        }
+    }
+    let mut algorithm = parent.algorithm_specification().cloned();
+    if let Some(spec) = algorithm.as_mut() {
+        if spec
+            .algorithm_name
+            .as_deref()
+            .is_some_and(|n| !n.is_empty())
+        {
+            spec.training_image = None;
+        } else if spec
+            .training_image
+            .as_deref()
+            .is_some_and(|image| is_builtin_algorithm(image, parent.hyper_parameters()))
+        {
+            spec.metric_definitions = None;
+        }
     }
     let mut stopping = parent.stopping_condition().cloned();
     if let Some(sc) = stopping.as_mut() {
@@ -192,7 +230,7 @@ pub fn relaunch_request(
     aws_sdk_sagemaker::operation::create_training_job::CreateTrainingJobInput::builder()
         .training_job_name(&plan.job_name)
         .set_hyper_parameters(parent.hyper_parameters().cloned())
-        .set_algorithm_specification(parent.algorithm_specification().cloned())
+        .set_algorithm_specification(algorithm)
         .set_role_arn(parent.role_arn().map(str::to_owned))
         .set_input_data_config(non_empty(parent.input_data_config()))
         .set_output_data_config(parent.output_data_config().cloned())

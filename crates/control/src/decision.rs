@@ -11,14 +11,14 @@
 //! |---|---|---|
 //! | 1 | job not tagged `spotcheck:enabled=true` | Ignore |
 //! | 2 | Describe is for another job than the event | Ignore |
-//! | 3 | stale: event status ≠ Describe status, or Describe `LastModifiedTime` newer | Ignore |
+//! | 3 | stale: event status ≠ Describe status; for a finished job (Completed, Failed, Stopped) also a different secondary status, for a running one (InProgress, Stopping) a different secondary status or a newer Describe `LastModifiedTime` | Ignore |
 //! | 4 | no `TrainingJobStatus` | Ignore |
 //! | 5 | InProgress/Interrupted | Record interruption (SageMaker restarts the job itself) |
 //! | 6 | InProgress/anything else, Stopping/* | Ignore (not final) |
 //! | 7 | Completed | Record savings (ends a lineage when attempt > 1 or `spotcheck:root` is set) |
 //! | 8 | Stopped/Stopped (the user's StopTrainingJob) | Record user stop; never relaunch |
 //! | 9 | Stopped/MaxWaitTimeExceeded | recover: spot lost (trained) or never arrived (did not) |
-//! | 10 | Stopped/MaxRuntimeExceeded | recover: continue past the runtime cap |
+//! | 10 | Stopped/MaxRuntimeExceeded | recover: continue past the runtime cap (only with `relaunch_after_max_runtime`) |
 //! | 11 | Stopped/any other secondary status | Ignore (may be a user's stop) |
 //! | 12 | Failed, [`classify_failure`] = Capacity / InternalError | recover |
 //! | 13 | Failed, UserError / Unclassified | recover, charged to the user-error budget |
@@ -28,20 +28,37 @@
 //!
 //! | # | Condition | Action |
 //! |---|---|---|
-//! | R1 | a policy tag is invalid | GiveUp (invalid policy) |
+//! | R1 | a policy tag is invalid, or exceeds the operator's ceilings | GiveUp (invalid policy) |
 //! | R2 | K = `crash_loop_attempts` consecutive attempts trained without checkpoint progress | GiveUp (crash loop), whatever the status |
-//! | R3 | runtime cap, newest valid checkpoint marks training finished | Ignore |
-//! | R4 | runtime cap, no checkpoint progress in this attempt | GiveUp (no progress) |
-//! | R5 | user error, `retries_on_user_error` spent | GiveUp (user error) |
-//! | R6 | attempt ≥ `max_attempts` | GiveUp (attempts exhausted) |
-//! | R7 | no valid checkpoint (or no CheckpointConfig), policy `give-up` | GiveUp (no checkpoint) |
-//! | R8 | otherwise | Relaunch `<root>-r<attempt+1>-<hash>` |
+//! | R3 | runtime cap, `relaunch_after_max_runtime` off | GiveUp (runtime budget spent) |
+//! | R4 | runtime cap, newest valid checkpoint marks training finished | Ignore |
+//! | R5 | runtime cap, no checkpoint progress in this attempt | GiveUp (no progress) |
+//! | R6 | user error, `retries_on_user_error` spent | GiveUp (user error) |
+//! | R7 | attempt ≥ `max_attempts` | GiveUp (attempts exhausted) |
+//! | R8 | the lineage used its whole runtime budget | GiveUp (runtime budget spent) |
+//! | R9 | no valid checkpoint (or no CheckpointConfig), policy `give-up` | GiveUp (no checkpoint) |
+//! | R10 | the relaunch's instance type, or on-demand, is outside the operator's ceilings | GiveUp (not permitted) |
+//! | R11 | otherwise | Relaunch `<root>-r<attempt+1>-<hash>` |
+//!
+//! Checkpoints the validator could not judge — objects in an unknown format (another library's
+//! checkpoints, no spotcheck manifest) or a prefix it could not read — say nothing about
+//! progress: such an attempt neither counts towards a crash loop nor resets it (R2), the
+//! no-progress row R5 and the no-checkpoint policy R9 do not apply, and the relaunch keeps the
+//! same `CheckpointConfig`, so the job's own code resumes from whatever is there.
+//!
+//! **Runtime budget.** A job's `MaxRuntimeInSeconds` is its lineage's budget: each relaunch
+//! gets `MaxRuntimeInSeconds` minus what the attempt that ended used (its
+//! `TrainingTimeInSeconds`), and carries the total used so far in `spotcheck:runtime-used`.
+//! MaxRuntimeExceeded therefore means the budget is spent (R3), unless the policy opts in to
+//! `relaunch_after_max_runtime`: then the relaunch starts a fresh budget (the original
+//! `MaxRuntimeInSeconds`, `runtime-used` back to 0).
 //!
 //! A relaunch stays on the job's instance type, except that a capacity shortage (Failed with a
 //! capacity reason, or MaxWaitTimeExceeded before training ever started) moves one rung down
 //! the policy's instance ladder (staying on the last rung at the end; the ladder applies only to
 //! jobs whose type is on it). It goes on-demand when the job was on-demand, when the lineage's
-//! spot interruptions reached `on_demand_after_interruptions`, or when the deadline is within
+//! spot interruptions reached `on_demand_after_interruptions` (an attempt whose spot capacity
+//! never arrived counts as one), or when the deadline is within
 //! `on_demand_when_deadline_within_seconds`; otherwise it stays on spot.
 //!
 //! An attempt that never reached `Training` neither counts towards a crash loop nor resets it:
@@ -68,9 +85,18 @@
 //! stopped by MaxWaitTimeExceeded → Relaunch `…-r2-…` on-demand (no MaxWait), from the newest
 //! valid checkpoint.
 //!
-//! **Chaining past the runtime cap.** MaxRuntimeInSeconds 86400 on a three-day run: each day
-//! ends Stopped/MaxRuntimeExceeded with a newer valid checkpoint → Relaunch with the same
-//! runtime cap, until Completed or `max_attempts`.
+//! **Runtime budget.** MaxRuntimeInSeconds 86400: the job trains 30000 s and loses spot →
+//! Relaunch with MaxRuntimeInSeconds 56400 (`spotcheck:runtime-used=30000`); that one ends
+//! Stopped/MaxRuntimeExceeded → GiveUp (runtime budget spent).
+//!
+//! **Chaining past the runtime cap** (`relaunch_after_max_runtime`). MaxRuntimeInSeconds 86400
+//! on a three-day run: each day ends Stopped/MaxRuntimeExceeded with a newer valid checkpoint →
+//! Relaunch with a fresh 86400 s, until Completed or `max_attempts`.
+//!
+//! **A late event.** A DLQ redrive delivers the Stopped/MaxWaitTimeExceeded event a day later;
+//! Describe still says Stopped/MaxWaitTimeExceeded, but its `LastModifiedTime` moved (SageMaker
+//! touches finished jobs: warm pools, rule statuses, model upload). The status is the same, so
+//! the event is not stale → Relaunch as on time.
 //!
 //! **Crash loop.** K = 3: three consecutive attempts reach `Training` and end (any way) with the
 //! newest valid checkpoint still at the step they resumed from → GiveUp (crash loop).
@@ -83,12 +109,14 @@
 //! Stopped: Describe says Stopped → Ignore (stale). The Stopped event decides.
 //!
 //! **Duplicate.** The same Stopped/MaxWaitTimeExceeded event twice → the same Relaunch with the
-//! same name twice; the second CreateTrainingJob gets ResourceInUse, which the shell treats as
-//! done.
+//! same name twice; the second CreateTrainingJob gets ResourceInUse, and the shell finds the
+//! existing job tagged with this plan's `spotcheck:parent` and `root`
+//! ([`RelaunchPlan::check_existing`](crate::RelaunchPlan::check_existing)): done. A job with
+//! that name and other tags is a name collision, not a relaunch.
 
 use serde::Serialize;
 
-use crate::checkpoint::CheckpointSummary;
+use crate::checkpoint::{CheckpointSummary, Validation};
 use crate::ec2::{self, InstanceInterruption};
 use crate::events::{Event, EventKey, Signal};
 use crate::failure::{classify_failure, FailureClass};
@@ -241,8 +269,17 @@ pub enum GiveUpCause {
     NoCheckpoint,
     /// The runtime cap was hit without checkpoint progress: continuing would repeat the work.
     NoProgressPastRuntimeCap,
-    /// A `spotcheck:*` policy tag on the job is invalid.
+    /// A `spotcheck:*` policy tag on the job is invalid, or exceeds the operator's ceilings.
     InvalidPolicy,
+    /// The lineage used its whole runtime budget (`MaxRuntimeInSeconds`), and relaunching after
+    /// MaxRuntimeExceeded is not opted in.
+    RuntimeBudgetSpent,
+    /// What recovery needs is outside the operator's ceilings: an instance type not allowed,
+    /// on-demand capacity when it is not allowed, or (EC2) a checkpoint URI outside the stack's
+    /// checkpoint location.
+    NotPermitted,
+    /// The relaunch's deterministic name is taken by a job that is not this lineage's.
+    NameCollision,
 }
 
 /// The payload of [`Action::GiveUp`].
@@ -425,15 +462,37 @@ fn training_job(input: &DecisionInput, event_job: &JobFacts) -> Decision {
 
 /// Why the event no longer describes the job, if it does not: then the engine ignores it, and
 /// a shell can skip gathering inputs (checkpoint validation) for it.
+///
+/// Staleness is about status. A finished job (Completed, Failed, Stopped) never changes
+/// status again, but SageMaker keeps touching it — warm pools, debugger and profiler rule
+/// statuses, the model upload — so its `LastModifiedTime` moves long after the last state
+/// change, and a late delivery (a DLQ redrive can come a day later) of the event for that state
+/// is as good as a timely one. Only for a running job does a newer `LastModifiedTime` mean that
+/// the state moved on (e.g. restarted after the interruption the event reports).
 pub fn staleness(event: &JobFacts, current: &JobFacts) -> Option<String> {
+    let moved_on = || {
+        Some(format!(
+            "it says {} but DescribeTrainingJob says {} now",
+            state_text(event),
+            state_text(current)
+        ))
+    };
     if let (Some(seen), Some(now)) = (&event.status, &current.status) {
         if seen != now {
-            return Some(format!(
-                "it says {} but DescribeTrainingJob says {} now",
-                state_text(event),
-                state_text(current)
-            ));
+            return moved_on();
         }
+    }
+    if let (Some(seen), Some(now)) = (&event.secondary_status, &current.secondary_status) {
+        if seen != now {
+            return moved_on();
+        }
+    }
+    if current
+        .status
+        .as_ref()
+        .is_some_and(TrainingJobStatus::is_final)
+    {
+        return None;
     }
     if let (Some(seen), Some(now)) = (event.last_modified_time, current.last_modified_time) {
         if now > seen {
@@ -462,7 +521,7 @@ fn step_text(step: Option<u64>) -> String {
     step.map_or_else(|| "none".to_owned(), |s| s.to_string())
 }
 
-/// Rows R1–R8 of the module doc.
+/// Rows R1–R11 of the module doc.
 fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decision {
     let lineage = &input.lineage;
     let checkpoints = &input.checkpoints;
@@ -479,9 +538,12 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
         }
     };
 
+    let judged = checkpoints.is_judged();
     let step = checkpoints.latest_valid_step;
     let progressed = step > lineage.resume_step;
-    let stalled = if !job.reached_training() {
+    // Waiting for capacity is not crashing, and checkpoints that could not be judged say
+    // nothing about progress: either way the count neither grows nor resets.
+    let stalled = if !job.reached_training() || !judged {
         lineage.stalled_attempts
     } else if progressed {
         0
@@ -506,13 +568,28 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
         );
     }
     if cause == RelaunchCause::RuntimeCapReached {
+        if !policy.relaunch_after_max_runtime {
+            return give_up(
+                input,
+                job,
+                GiveUpCause::RuntimeBudgetSpent,
+                format!(
+                    "{what}; MaxRuntimeInSeconds is the lineage's runtime budget ({} s used), \
+                     and relaunching past it is opt-in (policy relaunch_after_max_runtime = \
+                     false)",
+                    lineage
+                        .runtime_used
+                        .saturating_add(job.training_time_seconds.unwrap_or(0))
+                ),
+            );
+        }
         if checkpoints.finished {
             return Decision::ignore(format!(
                 "{what}; but the newest valid checkpoint marks training finished, so there is \
                  nothing to continue"
             ));
         }
-        if !progressed {
+        if judged && !progressed {
             return give_up(
                 input,
                 job,
@@ -553,6 +630,17 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
             ),
         );
     }
+    let budget = match runtime_budget(job, lineage, cause) {
+        Ok(budget) => budget,
+        Err(reason) => {
+            return give_up(
+                input,
+                job,
+                GiveUpCause::RuntimeBudgetSpent,
+                format!("{what}; {reason}"),
+            )
+        }
+    };
 
     let corrupt = if checkpoints.any_corrupt {
         " (corrupt checkpoints were found and are skipped)"
@@ -560,9 +648,17 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
         ""
     };
     let from_checkpoint = job.checkpoint_uri().and(step);
-    let checkpoint_text = match (job.checkpoint_uri(), step) {
-        (Some(_), Some(s)) => format!("resuming from checkpoint step {s}{corrupt}"),
-        (uri, _) => {
+    let checkpoint_text = match (job.checkpoint_uri(), step, checkpoints.validation) {
+        (Some(_), Some(s), _) => format!("resuming from checkpoint step {s}{corrupt}"),
+        (Some(_), None, Validation::UnknownFormat) => "its checkpoints are in a format spotcheck \
+             does not know (no spotcheck manifest), so they are not judged: the relaunch keeps \
+             the CheckpointConfig and the job's own code resumes from them"
+            .to_owned(),
+        (Some(_), None, Validation::Unavailable) => "its checkpoints could not be validated, so \
+             the relaunch keeps the CheckpointConfig and the job resumes from whatever it finds \
+             there"
+            .to_owned(),
+        (uri, _, _) => {
             let why = if uri.is_none() {
                 "the job has no CheckpointConfig"
             } else {
@@ -590,9 +686,40 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
         &policy.instance_ladder,
         cause.advances_ladder(),
     );
-    let interruptions = lineage.interruptions.saturating_add(job.interruptions());
+    if let Some(t) = instance_type
+        .as_deref()
+        .filter(|t| !policy.permits_instance_type(t))
+    {
+        return give_up(
+            input,
+            job,
+            GiveUpCause::NotPermitted,
+            format!(
+                "{what}; not relaunching on {t}: the operator allows only {} \
+                 (allowed_instance_types)",
+                policy.allowed_instance_types.join(",")
+            ),
+        );
+    }
+    // Spot capacity that never arrived is as much a strike against spot as an interruption.
+    let never_arrived = u32::from(cause == RelaunchCause::SpotCapacityNeverArrived);
+    let interruptions = lineage
+        .interruptions
+        .saturating_add(job.interruptions())
+        .saturating_add(never_arrived);
     let (spot, market_text) = market(job, &policy, interruptions, input.now);
-    let max_runtime_seconds = job.max_runtime_seconds;
+    if !spot && !policy.allow_on_demand {
+        return give_up(
+            input,
+            job,
+            GiveUpCause::NotPermitted,
+            format!(
+                "{what}; the relaunch would run {market_text}, but the operator does not allow \
+                 on-demand relaunches (allow_on_demand = false)"
+            ),
+        );
+    }
+    let max_runtime_seconds = budget.max_runtime_seconds;
     let max_wait_seconds = if spot {
         match (
             policy.max_wait_seconds.or(job.max_wait_seconds),
@@ -623,8 +750,9 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
     tags.insert(keys::ERROR_RETRIES, error_retries.to_string());
     tags.insert(keys::RESUME_STEP, step_text(from_checkpoint));
     tags.insert(keys::STALLED, stalled.to_string());
+    tags.insert(keys::RUNTIME_USED, budget.used.to_string());
 
-    let budget = if cause.is_user_error() {
+    let retries = if cause.is_user_error() {
         format!(
             "; user-error retry {error_retries} of {}",
             policy.retries_on_user_error
@@ -633,9 +761,9 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
         String::new()
     };
     let reason = format!(
-        "{what}; relaunching as {job_name} (attempt {attempt} of {}{budget}) {placement_text}, \
-         {market_text}, {checkpoint_text}",
-        policy.max_attempts
+        "{what}; relaunching as {job_name} (attempt {attempt} of {}{retries}) {placement_text}, \
+         {market_text}, {}, {checkpoint_text}",
+        policy.max_attempts, budget.text
     );
     Decision {
         action: Action::Relaunch(RelaunchPlan {
@@ -653,6 +781,59 @@ fn recover(input: &DecisionInput, job: &JobFacts, cause: RelaunchCause) -> Decis
         }),
         reason,
         event_key: None,
+    }
+}
+
+/// The relaunch's share of the lineage's runtime budget.
+struct Budget {
+    /// `MaxRuntimeInSeconds` of the relaunch (`None`: the parent's, unknown here).
+    max_runtime_seconds: Option<u64>,
+    /// `spotcheck:runtime-used` of the relaunch.
+    used: u64,
+    /// Why, for the reason.
+    text: String,
+}
+
+/// The budget is the root's `MaxRuntimeInSeconds`; each relaunch got what was left of it, so
+/// the job's own `MaxRuntimeInSeconds` is what was left when it started and what it used is
+/// its `TrainingTimeInSeconds`. After MaxRuntimeExceeded (opted in) a fresh budget starts.
+fn runtime_budget(
+    job: &JobFacts,
+    lineage: &Lineage,
+    cause: RelaunchCause,
+) -> Result<Budget, String> {
+    let Some(cap) = job.max_runtime_seconds else {
+        return Ok(Budget {
+            max_runtime_seconds: None,
+            used: lineage.runtime_used,
+            text: "with the job's own MaxRuntimeInSeconds".to_owned(),
+        });
+    };
+    let budget = cap.saturating_add(lineage.runtime_used);
+    if cause == RelaunchCause::RuntimeCapReached {
+        return Ok(Budget {
+            max_runtime_seconds: Some(budget),
+            used: 0,
+            text: format!(
+                "with a fresh runtime budget of {budget} s (policy relaunch_after_max_runtime)"
+            ),
+        });
+    }
+    let this = job.training_time_seconds.unwrap_or(0);
+    let used = lineage.runtime_used.saturating_add(this);
+    match cap.checked_sub(this).filter(|left| *left > 0) {
+        Some(left) => Ok(Budget {
+            max_runtime_seconds: Some(left),
+            used,
+            text: format!(
+                "with MaxRuntimeInSeconds {left} (the lineage used {used} s of its {budget} s \
+                 runtime budget)"
+            ),
+        }),
+        None => Err(format!(
+            "the lineage used {used} s of its {budget} s runtime budget (MaxRuntimeInSeconds), \
+             nothing is left for a relaunch"
+        )),
     }
 }
 

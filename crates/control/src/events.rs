@@ -7,6 +7,11 @@
 //! carries the event id when there is one; an unrelated event is [`Parsed::Irrelevant`]. Parsing
 //! never panics, never calls AWS and never decides anything.
 //!
+//! What makes an event malformed is kept to what identifies it: the envelope's `source` and
+//! `detail-type`, a `detail` object, and for a SageMaker state change the job's name (or ARN)
+//! and its `TrainingJobStatus`; for an EC2 signal the `instance-id`. Any other detail field of
+//! an unexpected shape is left out of the facts and noted, never a reason to drop the event.
+//!
 //! The envelope is our own rather than `aws_lambda_events::eventbridge::EventBridgeEvent`: that
 //! type parses `time` strictly as RFC 3339 through chrono, so a test or replayed event with an
 //! epoch time fails as a whole and its `id` is lost for the error report; reading the envelope
@@ -208,8 +213,16 @@ pub fn parse_event_value(value: &Value) -> Result<Parsed, EventError> {
                     id: id.clone(),
                     field: "detail.TrainingJobName",
                 },
-                other => malformed(&id, "detail", &other.to_string()),
+                other => malformed(&id, "detail.TrainingJobStatus", &other.to_string()),
             })?;
+            // A state change without the state is no state change; every other detail field
+            // is read leniently (see `JobFacts::unreadable`).
+            if job.status.is_none() {
+                return Err(EventError::MissingField {
+                    id: id.clone(),
+                    field: "detail.TrainingJobStatus",
+                });
+            }
             let signal = Signal::TrainingJobStateChange { job: Box::new(job) };
             ("sagemaker", signal)
         }

@@ -3,12 +3,19 @@
 //! Owns the tolerant reader for the PascalCase DescribeTrainingJob shape, exactly as the AWS CLI
 //! prints it (times as ISO 8601 strings or epoch floats), and for the detail of a "SageMaker
 //! Training Job State Change" event, which carries most of the same fields (times as epoch-ms
-//! strings or numbers) and is the fallback when no Describe is available. Every field is
-//! optional except the job's name; unknown fields are ignored. It does not call AWS and it does
-//! not decide anything.
+//! strings or numbers) and is the fallback when no Describe is available. It does not call AWS
+//! and it does not decide anything.
+//!
+//! Reading is lenient: only the job's identity is required — a `TrainingJobName` or a
+//! training-job ARN, and a `TrainingJobStatus` that, when present, is a string. Every other
+//! field is read on its own: one of an unexpected shape (AWS's two event shapes differ, and the
+//! schema is not frozen) is left out and named in [`JobFacts::unreadable`], so a real event is
+//! never turned into a malformed one by a field the engine may not even need. Unknown fields are
+//! ignored.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::status::{SecondaryStatus, TrainingJobStatus};
 use crate::tags::Tags;
@@ -89,6 +96,10 @@ pub struct JobFacts {
     pub tags: Tags,
     /// Where these facts came from.
     pub origin: FactsOrigin,
+    /// Fields present with a shape they cannot have, left out (dotted paths, e.g.
+    /// `ResourceConfig.InstanceCount`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// Why a DescribeTrainingJob output or event detail could not be read.
@@ -103,7 +114,7 @@ pub enum JobError {
     /// Neither `TrainingJobName` nor a training-job ARN is present.
     #[error("training job JSON has neither TrainingJobName nor a training-job ARN")]
     MissingName,
-    /// A known field has a type no AWS API produces.
+    /// `TrainingJobStatus` is present but not a string.
     #[error("training job JSON has a malformed field: {0}")]
     Malformed(String),
 }
@@ -122,61 +133,92 @@ impl JobFacts {
         origin: FactsOrigin,
         fallback_arn: Option<&str>,
     ) -> Result<Self, JobError> {
-        if !value.is_object() {
-            return Err(JobError::NotAnObject);
-        }
-        let raw = RawJob::deserialize(value).map_err(|e| JobError::Malformed(e.to_string()))?;
-        let arn = raw.training_job_arn.clone();
-        let name = raw
-            .training_job_name
+        let obj = value.as_object().ok_or(JobError::NotAnObject)?;
+        let status = match obj.get("TrainingJobStatus") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(TrainingJobStatus::from(text.as_str())),
+            Some(other) => {
+                return Err(JobError::Malformed(format!(
+                    "TrainingJobStatus {other} is not a string"
+                )))
+            }
+        };
+        let mut r = Reader::default();
+        let arn: Option<String> = r.field(obj, "", "TrainingJobArn");
+        let name = r
+            .field::<String>(obj, "", "TrainingJobName")
             .filter(|n| !n.is_empty())
             .or_else(|| arn.as_deref().and_then(name_from_arn))
             .or_else(|| fallback_arn.and_then(name_from_arn))
             .ok_or(JobError::MissingName)?;
-        let resources = raw.resource_config.unwrap_or_default();
-        let instance_count = match resources.instance_count {
-            None => None,
-            Some(FlexU64(n)) => Some(u32::try_from(n).map_err(|_| {
-                JobError::Malformed(format!("ResourceConfig.InstanceCount {n} is too large"))
-            })?),
-        };
-        let stopping = raw.stopping_condition.unwrap_or_default();
-        Ok(JobFacts {
-            name,
-            arn: arn.or_else(|| fallback_arn.map(str::to_owned)),
-            status: raw.training_job_status,
-            secondary_status: raw.secondary_status,
-            failure_reason: raw.failure_reason,
-            transitions: raw
-                .secondary_status_transitions
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|t| {
+        let resources = r.object(obj, "ResourceConfig");
+        let stopping = r.object(obj, "StoppingCondition");
+        let instance_count = resources.and_then(|rc| {
+            let n = r
+                .field::<FlexU64>(rc, "ResourceConfig.", "InstanceCount")?
+                .0;
+            let count = u32::try_from(n).ok();
+            if count.is_none() {
+                r.unreadable.push("ResourceConfig.InstanceCount".into());
+            }
+            count
+        });
+        let transitions = match obj.get("SecondaryStatusTransitions") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|item| {
+                    let t = item.as_object()?;
+                    let path = "SecondaryStatusTransitions[].";
                     Some(StatusTransition {
-                        status: t.status?,
-                        start_time: t.start_time,
-                        end_time: t.end_time,
-                        message: t.status_message,
+                        status: r.field(t, path, "Status")?,
+                        start_time: r.field(t, path, "StartTime"),
+                        end_time: r.field(t, path, "EndTime"),
+                        message: r.field(t, path, "StatusMessage"),
                     })
                 })
                 .collect(),
-            instance_type: resources.instance_type,
+            Some(_) => {
+                r.unreadable.push("SecondaryStatusTransitions".into());
+                Vec::new()
+            }
+        };
+        let checkpoint = r.object(obj, "CheckpointConfig").map(|c| CheckpointConfig {
+            s3_uri: r.field(c, "CheckpointConfig.", "S3Uri"),
+            local_path: r.field(c, "CheckpointConfig.", "LocalPath"),
+        });
+        Ok(JobFacts {
+            name,
+            arn: arn.or_else(|| fallback_arn.map(str::to_owned)),
+            status,
+            secondary_status: r.field(obj, "", "SecondaryStatus"),
+            failure_reason: r.field(obj, "", "FailureReason"),
+            transitions,
+            instance_type: resources.and_then(|rc| r.field(rc, "ResourceConfig.", "InstanceType")),
             instance_count,
-            managed_spot: raw.enable_managed_spot_training.map(|b| b.0),
-            max_runtime_seconds: stopping.max_runtime_in_seconds.map(|n| n.0),
-            max_wait_seconds: stopping.max_wait_time_in_seconds.map(|n| n.0),
-            checkpoint: raw.checkpoint_config.map(|c| CheckpointConfig {
-                s3_uri: c.s3_uri,
-                local_path: c.local_path,
-            }),
-            training_time_seconds: raw.training_time_in_seconds.map(|n| n.0),
-            billable_time_seconds: raw.billable_time_in_seconds.map(|n| n.0),
-            creation_time: raw.creation_time,
-            training_start_time: raw.training_start_time,
-            training_end_time: raw.training_end_time,
-            last_modified_time: raw.last_modified_time,
-            tags: raw.tags.unwrap_or_default(),
+            managed_spot: r
+                .field::<FlexBool>(obj, "", "EnableManagedSpotTraining")
+                .map(|b| b.0),
+            max_runtime_seconds: stopping
+                .and_then(|sc| r.field::<FlexU64>(sc, "StoppingCondition.", "MaxRuntimeInSeconds"))
+                .map(|n| n.0),
+            max_wait_seconds: stopping
+                .and_then(|sc| r.field::<FlexU64>(sc, "StoppingCondition.", "MaxWaitTimeInSeconds"))
+                .map(|n| n.0),
+            checkpoint,
+            training_time_seconds: r
+                .field::<FlexU64>(obj, "", "TrainingTimeInSeconds")
+                .map(|n| n.0),
+            billable_time_seconds: r
+                .field::<FlexU64>(obj, "", "BillableTimeInSeconds")
+                .map(|n| n.0),
+            creation_time: r.field(obj, "", "CreationTime"),
+            training_start_time: r.field(obj, "", "TrainingStartTime"),
+            training_end_time: r.field(obj, "", "TrainingEndTime"),
+            last_modified_time: r.field(obj, "", "LastModifiedTime"),
+            tags: r.field(obj, "", "Tags").unwrap_or_default(),
             origin,
+            unreadable: r.unreadable,
         })
     }
 
@@ -224,56 +266,48 @@ fn name_from_arn(arn: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct RawJob {
-    training_job_name: Option<String>,
-    training_job_arn: Option<String>,
-    training_job_status: Option<TrainingJobStatus>,
-    secondary_status: Option<SecondaryStatus>,
-    failure_reason: Option<String>,
-    secondary_status_transitions: Option<Vec<RawTransition>>,
-    resource_config: Option<RawResourceConfig>,
-    enable_managed_spot_training: Option<FlexBool>,
-    stopping_condition: Option<RawStoppingCondition>,
-    checkpoint_config: Option<RawCheckpointConfig>,
-    training_time_in_seconds: Option<FlexU64>,
-    billable_time_in_seconds: Option<FlexU64>,
-    creation_time: Option<Timestamp>,
-    training_start_time: Option<Timestamp>,
-    training_end_time: Option<Timestamp>,
-    last_modified_time: Option<Timestamp>,
-    tags: Option<Tags>,
+/// Reads fields one at a time, noting those of an unexpected shape instead of failing.
+#[derive(Default)]
+struct Reader {
+    unreadable: Vec<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct RawTransition {
-    status: Option<SecondaryStatus>,
-    start_time: Option<Timestamp>,
-    end_time: Option<Timestamp>,
-    status_message: Option<String>,
-}
+impl Reader {
+    /// `obj[key]` as a `T`; `None` when absent or `null`, and when of another shape (noted
+    /// under `path` + `key`).
+    fn field<T: DeserializeOwned>(
+        &mut self,
+        obj: &Map<String, Value>,
+        path: &str,
+        key: &str,
+    ) -> Option<T> {
+        match obj.get(key) {
+            None | Some(Value::Null) => None,
+            Some(value) => match T::deserialize(value) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.unreadable.push(format!("{path}{key}"));
+                    None
+                }
+            },
+        }
+    }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct RawResourceConfig {
-    instance_type: Option<String>,
-    instance_count: Option<FlexU64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct RawStoppingCondition {
-    max_runtime_in_seconds: Option<FlexU64>,
-    max_wait_time_in_seconds: Option<FlexU64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase", default)]
-struct RawCheckpointConfig {
-    s3_uri: Option<String>,
-    local_path: Option<String>,
+    /// `obj[key]` when it is an object (a structure such as `ResourceConfig`).
+    fn object<'a>(
+        &mut self,
+        obj: &'a Map<String, Value>,
+        key: &str,
+    ) -> Option<&'a Map<String, Value>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(inner)) => Some(inner),
+            Some(_) => {
+                self.unreadable.push(key.to_owned());
+                None
+            }
+        }
+    }
 }
 
 /// A non-negative whole number given as an integer, an integral float or a numeric string.
@@ -355,20 +389,100 @@ mod tests {
         assert_eq!(facts.billable_time_seconds, Some(36));
         assert_eq!(facts.managed_spot, Some(true));
         assert_eq!(facts.instance_count, Some(2));
-        for bad in [
-            json!({"TrainingJobName": "a", "TrainingTimeInSeconds": -1}),
-            json!({"TrainingJobName": "a", "BillableTimeInSeconds": 1.5}),
-            json!({"TrainingJobName": "a", "ResourceConfig": {"InstanceCount": 5_000_000_000_u64}}),
-            json!({"TrainingJobName": "a", "EnableManagedSpotTraining": 1}),
+        // Of an unexpected shape: left out and named, never the whole job lost.
+        for (bad, field) in [
+            (
+                json!({"TrainingJobName": "a", "TrainingTimeInSeconds": -1}),
+                "TrainingTimeInSeconds",
+            ),
+            (
+                json!({"TrainingJobName": "a", "BillableTimeInSeconds": 1.5}),
+                "BillableTimeInSeconds",
+            ),
+            (
+                json!({"TrainingJobName": "a", "ResourceConfig": {"InstanceCount": 5_000_000_000_u64}}),
+                "ResourceConfig.InstanceCount",
+            ),
+            (
+                json!({"TrainingJobName": "a", "EnableManagedSpotTraining": 1}),
+                "EnableManagedSpotTraining",
+            ),
         ] {
-            assert!(
-                matches!(
-                    JobFacts::from_value(&bad, FactsOrigin::DescribeTrainingJob, None),
-                    Err(JobError::Malformed(_))
-                ),
-                "{bad}"
-            );
+            let facts = JobFacts::from_value(&bad, FactsOrigin::DescribeTrainingJob, None).unwrap();
+            assert_eq!(facts.unreadable, [field], "{bad}");
+            assert_eq!(facts.name, "a");
         }
+    }
+
+    /// Regression: one detail field of an unexpected shape made a real event "malformed".
+    #[test]
+    fn only_name_and_status_are_required_the_rest_is_read_leniently() {
+        let facts = JobFacts::from_value(
+            &json!({
+                "TrainingJobName": "job",
+                "TrainingJobStatus": "Stopped",
+                "SecondaryStatus": "MaxWaitTimeExceeded",
+                "ResourceConfig": "ml.p3.2xlarge",
+                "StoppingCondition": {"MaxRuntimeInSeconds": "soon", "MaxWaitTimeInSeconds": 7200},
+                "SecondaryStatusTransitions": [{"Status": "Training", "StartTime": {"when": 1}}, 7, {"Status": 3}],
+                "Tags": [{"Value": "no key"}],
+                "LastModifiedTime": [2024],
+                "CheckpointConfig": {"S3Uri": "s3://b/p", "LocalPath": false},
+            }),
+            FactsOrigin::EventDetail,
+            None,
+        )
+        .unwrap();
+        assert_eq!(facts.status, Some(TrainingJobStatus::Stopped));
+        assert_eq!(
+            facts.secondary_status,
+            Some(SecondaryStatus::MaxWaitTimeExceeded)
+        );
+        assert_eq!(facts.max_wait_seconds, Some(7200));
+        assert_eq!(facts.max_runtime_seconds, None);
+        assert_eq!(facts.transitions.len(), 1, "the one readable transition");
+        assert!(facts.reached_training());
+        assert_eq!(facts.checkpoint_uri(), Some("s3://b/p"));
+        assert_eq!(
+            facts.unreadable,
+            [
+                "ResourceConfig",
+                "SecondaryStatusTransitions[].StartTime",
+                "SecondaryStatusTransitions[].Status",
+                "CheckpointConfig.LocalPath",
+                "StoppingCondition.MaxRuntimeInSeconds",
+                "LastModifiedTime",
+                "Tags",
+            ]
+        );
+        // The identity is required: a status that is not a string, no name at all.
+        assert!(matches!(
+            JobFacts::from_value(
+                &json!({"TrainingJobName": "a", "TrainingJobStatus": 1}),
+                FactsOrigin::EventDetail,
+                None
+            ),
+            Err(JobError::Malformed(_))
+        ));
+        assert!(matches!(
+            JobFacts::from_value(
+                &json!({"TrainingJobName": 5}),
+                FactsOrigin::EventDetail,
+                None
+            ),
+            Err(JobError::MissingName)
+        ));
+        // A name of the wrong type falls back to the ARN.
+        let facts = JobFacts::from_value(
+            &json!({"TrainingJobName": 5, "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/x"}),
+            FactsOrigin::EventDetail,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (facts.name.as_str(), facts.unreadable.as_slice()),
+            ("x", &["TrainingJobName".to_owned()][..])
+        );
     }
 
     #[test]

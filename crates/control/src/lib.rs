@@ -29,7 +29,7 @@ pub mod status;
 pub mod tags;
 pub mod timestamp;
 
-pub use checkpoint::CheckpointSummary;
+pub use checkpoint::{CheckpointSummary, Validation};
 pub use decision::{decide, Action, Decision, DecisionInput, GiveUp, GiveUpCause, Record};
 pub use events::{parse_event, Event, EventKey, Parsed, Signal};
 pub use job::JobFacts;

@@ -1,7 +1,8 @@
 //! A training run's lineage: the chain of jobs spotcheck relaunched from one root job.
 //!
 //! Owns [`Lineage`], read from the `spotcheck:*` bookkeeping tags every relaunch carries
-//! (`root`, `attempt`, `parent`, `interruptions`, `error-retries`, `resume-step`, `stalled`) and,
+//! (`root`, `attempt`, `parent`, `interruptions`, `error-retries`, `resume-step`, `stalled`,
+//! `runtime-used`) and,
 //! when the shell has one, a history of earlier attempts ([`AttemptRecord`]). A job without
 //! these tags is attempt 1 and its own root. It does not decide anything and it does not read
 //! AWS: the tags and history are handed in.
@@ -30,7 +31,8 @@ pub struct Lineage {
     pub attempt: u32,
     /// The job this one was relaunched from.
     pub parent: Option<String>,
-    /// Spot interruptions seen by earlier attempts (this job's own come from its transitions).
+    /// Spot interruptions seen by earlier attempts (this job's own come from its transitions),
+    /// an attempt whose spot capacity never arrived counting as one.
     pub interruptions: u32,
     /// Relaunches already spent on the user's own errors.
     pub error_retries: u32,
@@ -38,6 +40,8 @@ pub struct Lineage {
     pub resume_step: Option<u64>,
     /// Consecutive earlier attempts that trained without checkpoint progress.
     pub stalled_attempts: u32,
+    /// Seconds of the runtime budget earlier attempts used (`spotcheck:runtime-used`).
+    pub runtime_used: u64,
     /// Step reached by each earlier attempt, when a history was supplied.
     pub steps_by_attempt: BTreeMap<u32, Option<u64>>,
 }
@@ -68,6 +72,7 @@ impl Lineage {
             error_retries: 0,
             resume_step: None,
             stalled_attempts: 0,
+            runtime_used: 0,
             steps_by_attempt: BTreeMap::new(),
         }
     }
@@ -105,6 +110,7 @@ impl Lineage {
         lineage.interruptions = number(tags, keys::INTERRUPTIONS)?.unwrap_or(0);
         lineage.error_retries = number(tags, keys::ERROR_RETRIES)?.unwrap_or(0);
         lineage.stalled_attempts = number(tags, keys::STALLED)?.unwrap_or(0);
+        lineage.runtime_used = number(tags, keys::RUNTIME_USED)?.unwrap_or(0);
         lineage.resume_step = match tags.get(keys::RESUME_STEP).map(str::trim) {
             None | Some("") | Some("none") => None,
             Some(_) => number(tags, keys::RESUME_STEP)?,
@@ -168,10 +174,12 @@ mod tests {
             (keys::ERROR_RETRIES, "1"),
             (keys::RESUME_STEP, "1200"),
             (keys::STALLED, "1"),
+            (keys::RUNTIME_USED, "7200"),
         ]
         .into_iter()
         .collect();
         let lineage = Lineage::from_tags("root-job-r3-def", &tags, &[]).unwrap();
+        assert_eq!(lineage.runtime_used, 7200);
         assert_eq!(lineage.root, "root-job");
         assert_eq!(lineage.attempt, 3);
         assert_eq!(lineage.parent.as_deref(), Some("root-job-r2-abc"));
@@ -190,6 +198,7 @@ mod tests {
             (keys::ATTEMPT, "two"),
             (keys::RESUME_STEP, "-5"),
             (keys::INTERRUPTIONS, "1.0"),
+            (keys::RUNTIME_USED, "-1"),
         ] {
             let tags: Tags = [(key, value)].into_iter().collect();
             assert!(

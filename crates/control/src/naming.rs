@@ -1,12 +1,16 @@
 //! Deterministic names for relaunched jobs and continued EC2 runs.
 //!
 //! Owns the naming rule: `<base, sanitised and truncated>-r<attempt>-<8 hex of sha256(root,
-//! attempt)>` for SageMaker relaunches and `<run>-c-<8 hex of sha256(run, instance)>` for EC2
-//! continuations, always matching SageMaker's `^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$`. The same
-//! inputs always give the same name, so a duplicate or redelivered event asks CreateTrainingJob
-//! for the same name and its `ResourceInUse` answer means "already done". The hash is over the
-//! unsanitised input, so two roots that sanitise or truncate alike still get different names.
-//! It does no I/O and knows nothing of policy.
+//! attempt)>` for SageMaker relaunches and `<run>-c<generation>-<8 hex of sha256(run,
+//! generation)>` for EC2 continuations, always matching SageMaker's
+//! `^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$`. The same inputs always give the same name, so a
+//! duplicate or redelivered event asks CreateTrainingJob for the same name, and its
+//! `ResourceInUse` answer is a job to check (`spotcheck:parent`, `spotcheck:run`…) before it
+//! counts as "already done". A continuation is named by the run and its generation, not by the
+//! reclaimed instance, so the several instances of one run (or the replacements an Auto Scaling
+//! group launched) continue it as one job. The hash is over the unsanitised input, so two roots
+//! that sanitise or truncate alike still get different names. It does no I/O and knows nothing
+//! of policy.
 
 use sha2::{Digest, Sha256};
 
@@ -19,10 +23,11 @@ pub fn relaunch_name(root: &str, attempt: u32) -> String {
     bounded(root, &format!("-r{attempt}-{hash}"))
 }
 
-/// The name of the run that continues `run` after instance `instance_id` was reclaimed.
-pub fn continuation_name(run: &str, instance_id: &str) -> String {
-    let hash = short_hash(&[run, instance_id]);
-    bounded(run, &format!("-c-{hash}"))
+/// The name of generation `generation` of `run`: the job that continues it after the
+/// instances of generation `generation - 1` were reclaimed.
+pub fn continuation_name(run: &str, generation: u32) -> String {
+    let hash = short_hash(&[run, &generation.to_string()]);
+    bounded(run, &format!("-c{generation}-{hash}"))
 }
 
 /// Whether `name` is a valid SageMaker training-job name.
@@ -101,9 +106,13 @@ mod tests {
         assert!(is_valid_job_name(&name));
         assert!(relaunch_name("", 2).starts_with("job-r2-"));
         assert!(relaunch_name("___", 2).starts_with("job-r2-"));
-        let cont = continuation_name("run/one", "i-0abc");
-        assert!(cont.starts_with("run-one-c-"), "{cont}");
+        let cont = continuation_name("run/one", 1);
+        assert!(cont.starts_with("run-one-c1-"), "{cont}");
         assert!(is_valid_job_name(&cont));
+        assert_ne!(continuation_name("run", 1), continuation_name("run", 2));
+        assert_ne!(continuation_name("run", 1), continuation_name("run-c1", 1));
+        let long = continuation_name(&"r".repeat(100), u32::MAX);
+        assert!(is_valid_job_name(&long), "{long}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! Owns the four `spotcheck` events ("Training Job Relaunched", "Spot Savings Recorded",
 //! "Checkpoint Validation Failed", "Recovery Gave Up") with their detail types, and the
-//! CloudWatch Embedded Metric Format line for savings (namespace `Spotcheck`; metrics
+//! CloudWatch Embedded Metric Format lines: savings (namespace `Spotcheck`; metrics
 //! `SecondsSaved`, `DollarsSaved`, `SavingsPercent`; dimension sets `[Scope]` and
-//! `[Scope, InstanceType]`). The shell calls PutEvents and prints the lines; nothing here does
-//! I/O or reads the clock.
+//! `[Scope, InstanceType]`) and malformed events (`MalformedEvents`, dimension `[Function]`,
+//! so an alarm can watch for a producer that changed its shape). The shell calls PutEvents and
+//! prints the lines; nothing here does I/O or reads the clock.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -234,6 +235,23 @@ pub fn lineage_savings_metrics(summary: &LineageSummary, at: Timestamp) -> Strin
         ),
         at,
     )
+}
+
+/// The EMF log line counting one malformed event received by `function`, stamped `at`.
+pub fn malformed_event_metrics(function: &str, at: Timestamp) -> String {
+    json!({
+        "Function": function,
+        "MalformedEvents": 1,
+        "_aws": {
+            "Timestamp": at.epoch_ms(),
+            "CloudWatchMetrics": [{
+                "Namespace": METRIC_NAMESPACE,
+                "Dimensions": [["Function"]],
+                "Metrics": [{"Name": "MalformedEvents", "Unit": "Count"}],
+            }],
+        },
+    })
+    .to_string()
 }
 
 fn savings_line(

@@ -1,13 +1,16 @@
 //! The changes a decision asks for, as plain data for the AWS adapter to apply.
 //!
 //! Owns [`RelaunchPlan`] (a SageMaker relaunch) and [`ContinuationPlan`] (an EC2 run continued
-//! elsewhere). The adapter starts from the parent's DescribeTrainingJob request fields and
-//! overrides exactly what a plan names; nothing here depends on AWS SDK types, and nothing here
-//! calls AWS.
+//! elsewhere), and how to tell whether an existing job with a plan's name is that plan carried
+//! out ([`RelaunchPlan::check_existing`], [`ContinuationPlan::check_existing`]): a deterministic
+//! name makes a duplicate delivery ask for a name that is taken, but a taken name alone does not
+//! prove the job is ours. The adapter starts from the parent's DescribeTrainingJob request
+//! fields and overrides exactly what a plan names; nothing here depends on AWS SDK types, and
+//! nothing here calls AWS.
 
 use serde::Serialize;
 
-use crate::tags::Tags;
+use crate::tags::{keys, Tags};
 
 /// Why a job is being relaunched; it also decides whether the ladder advances and which budget
 /// the attempt is charged to.
@@ -62,7 +65,8 @@ impl RelaunchCause {
 /// A relaunch of a SageMaker training job, to be applied over the parent's Describe fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RelaunchPlan {
-    /// The new job's name: deterministic, so CreateTrainingJob's `ResourceInUse` means "done".
+    /// The new job's name: deterministic, so a duplicate delivery asks for the same one
+    /// (`ResourceInUse`, then [`RelaunchPlan::check_existing`]).
     pub job_name: String,
     /// `ResourceConfig.InstanceType`; `None` keeps the parent's resource config.
     pub instance_type: Option<String>,
@@ -89,13 +93,64 @@ pub struct RelaunchPlan {
     pub tags: Tags,
 }
 
+/// `Err` naming the first tag of `expected` that `existing` does not carry with that value.
+fn check_tags(name: &str, existing: &Tags, expected: &[(&str, &str)]) -> Result<(), String> {
+    for (key, want) in expected {
+        let found = existing.get(key).map(str::trim);
+        if found != Some(*want) {
+            return Err(format!(
+                "{name} exists but is not this plan's job: its {key} is {}, expected {want:?}",
+                found.map_or_else(|| "absent".to_owned(), |f| format!("{f:?}"))
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RelaunchPlan {
+    /// Whether a job that already has [`RelaunchPlan::job_name`] (CreateTrainingJob said
+    /// `ResourceInUse`) is this relaunch, created by an earlier delivery: its tags must name the
+    /// same parent and root. Anything else is a collision with someone else's job.
+    pub fn check_existing(&self, existing: &Tags) -> Result<(), String> {
+        check_tags(
+            &self.job_name,
+            existing,
+            &[
+                (keys::PARENT, self.parent.as_str()),
+                (keys::ROOT, self.root.as_str()),
+            ],
+        )
+    }
+}
+
+impl ContinuationPlan {
+    /// Whether a job that already has [`ContinuationPlan::name`] is this continuation: the same
+    /// run and generation. (Its `spotcheck:parent` is whichever of the run's reclaimed instances
+    /// got there first, so it is not compared.)
+    pub fn check_existing(&self, existing: &Tags) -> Result<(), String> {
+        let generation = self.generation.to_string();
+        check_tags(
+            &self.name,
+            existing,
+            &[
+                (keys::RUN, self.run.as_str()),
+                (keys::GENERATION, generation.as_str()),
+            ],
+        )
+    }
+}
+
 /// A continuation of an EC2 training run whose instance is being reclaimed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ContinuationPlan {
-    /// Deterministic name of the continued run (from the run and the reclaimed instance).
+    /// Deterministic name of the continued run (from the run and the generation).
     pub name: String,
     /// The run being continued (`spotcheck:run`).
     pub run: String,
+    /// The continuation's generation: the reclaimed instance's `spotcheck:generation` + 1. A
+    /// subscriber that launches the continuation itself tags its instances with it, so that
+    /// their reclaim continues the run once more.
+    pub generation: u32,
     /// The reclaimed instance.
     pub instance_id: String,
     /// Where to continue, verbatim from `spotcheck:continue-on` (e.g. `on-demand`, a launch
@@ -103,4 +158,69 @@ pub struct ContinuationPlan {
     pub continue_on: String,
     /// Where the run's checkpoints live (`spotcheck:checkpoint-uri`), if tagged.
     pub checkpoint_uri: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_job_is_ours_only_with_our_lineage_tags() {
+        let plan = RelaunchPlan {
+            job_name: "train-r2-abcd0123".into(),
+            instance_type: None,
+            spot: true,
+            from_checkpoint: None,
+            max_wait_seconds: None,
+            max_runtime_seconds: None,
+            parent: "train".into(),
+            root: "train".into(),
+            attempt: 2,
+            cause: RelaunchCause::SpotWaitExceeded,
+            tags: Tags::new(),
+        };
+        let ours: Tags = [
+            (keys::PARENT, "train"),
+            (keys::ROOT, "train"),
+            ("team", "x"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(plan.check_existing(&ours), Ok(()));
+        for theirs in [
+            Tags::new(),
+            [(keys::PARENT, "other"), (keys::ROOT, "train")]
+                .into_iter()
+                .collect(),
+            [(keys::PARENT, "train")].into_iter().collect(),
+        ] {
+            let err = plan.check_existing(&theirs).unwrap_err();
+            assert!(err.contains("is not this plan's job"), "{err}");
+        }
+
+        let cont = ContinuationPlan {
+            name: "run-c2-abcd0123".into(),
+            run: "run".into(),
+            generation: 2,
+            instance_id: "i-2".into(),
+            continue_on: "s3://t/k".into(),
+            checkpoint_uri: None,
+        };
+        // Another instance of the run got there first: same run and generation, other parent.
+        let sibling: Tags = [
+            (keys::RUN, "run"),
+            (keys::GENERATION, "2"),
+            (keys::PARENT, "i-1"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(cont.check_existing(&sibling), Ok(()));
+        let earlier: Tags = [(keys::RUN, "run"), (keys::GENERATION, "1")]
+            .into_iter()
+            .collect();
+        assert!(cont
+            .check_existing(&earlier)
+            .unwrap_err()
+            .contains("spotcheck:generation"));
+    }
 }

@@ -25,12 +25,21 @@
 //!
 //! A job without `TrainingTimeInSeconds` or `BillableTimeInSeconds` (or `InstanceCount`) gets no
 //! record and an error saying which, never a zero.
+//!
+//! # What the records carry for reports
+//!
+//! Besides the savings, a [`SavingsRecord`] carries the job's place in its lineage (`attempt`,
+//! `resume_step`), its spot interruptions and [SageMaker restarts](sagemaker_restarts), and a
+//! [`LineageSummary`] carries one [`AttemptFacts`] per attempt (times, price, outcome, phases),
+//! so that `spotcheck report` and the counterfactual need nothing but the ledger. These fields
+//! are optional: records written before they existed read as `None` / empty.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::JobFacts;
+use crate::status::SecondaryStatus;
 use crate::tags::keys;
 use crate::timestamp::Timestamp;
 
@@ -191,6 +200,24 @@ pub struct SavingsRecord {
     pub ended_at: Option<Timestamp>,
     /// Date of the prices used.
     pub prices_as_of: Option<String>,
+    /// `spotcheck:attempt` (1 for a job spotcheck never relaunched).
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    /// `spotcheck:resume-step`: the checkpoint step the job resumed from.
+    #[serde(default)]
+    pub resume_step: Option<u64>,
+    /// Spot interruptions of the job (its `Interrupted` transitions).
+    #[serde(default)]
+    pub interruptions: Option<u32>,
+    /// Interruptions after which SageMaker got the job an instance again.
+    #[serde(default)]
+    pub sagemaker_restarts: Option<u32>,
+    /// `EnableManagedSpotTraining`.
+    #[serde(default)]
+    pub spot: Option<bool>,
+    /// `CreationTime`.
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
 }
 
 impl SavingsRecord {
@@ -238,12 +265,149 @@ pub struct LineageSummary {
     pub skipped: Vec<SkippedJob>,
     /// Date of the prices used.
     pub prices_as_of: Option<String>,
+    /// Every attempt given, included or skipped, in the order given.
+    #[serde(default)]
+    pub attempts: Vec<AttemptFacts>,
 }
 
 impl LineageSummary {
     /// `savings/lineages/<root>.json`.
     pub fn s3_key(&self) -> String {
         format!("savings/lineages/{}.json", key_segment(&self.root))
+    }
+}
+
+/// One secondary status of a job, from its `SecondaryStatusTransitions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    /// The secondary status.
+    pub status: String,
+    /// When it was entered.
+    pub start: Option<Timestamp>,
+    /// When it was left (`None`: current when described).
+    pub end: Option<Timestamp>,
+}
+
+/// One attempt of a lineage as a report needs it: what it ran on, how it ended, what it was
+/// billed, where it resumed from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptFacts {
+    /// The job.
+    pub job_name: String,
+    /// `spotcheck:attempt` (1 when untagged: the root).
+    pub attempt: u32,
+    /// `ResourceConfig.InstanceType`.
+    pub instance_type: Option<String>,
+    /// `ResourceConfig.InstanceCount`.
+    pub instance_count: Option<u32>,
+    /// `EnableManagedSpotTraining`.
+    pub spot: Option<bool>,
+    /// `TrainingJobStatus` when described.
+    pub status: Option<String>,
+    /// `SecondaryStatus` when described.
+    pub secondary_status: Option<String>,
+    /// `TrainingTimeInSeconds`.
+    pub training_seconds: Option<u64>,
+    /// `BillableTimeInSeconds`.
+    pub billable_seconds: Option<u64>,
+    /// On-demand USD/hour of the instance type, when priced.
+    pub on_demand_usd_per_hour: Option<f64>,
+    /// Spot interruptions (its `Interrupted` transitions).
+    pub interruptions: u32,
+    /// Interruptions after which SageMaker got the job an instance again.
+    pub sagemaker_restarts: u32,
+    /// `spotcheck:resume-step`: the checkpoint step it resumed from (`None`: from scratch).
+    pub resume_step: Option<u64>,
+    /// `StoppingCondition.MaxWaitTimeInSeconds`.
+    pub max_wait_seconds: Option<u64>,
+    /// `CreationTime`.
+    pub created_at: Option<Timestamp>,
+    /// `TrainingEndTime`, else `LastModifiedTime`.
+    pub ended_at: Option<Timestamp>,
+    /// `SecondaryStatusTransitions`, oldest first.
+    pub phases: Vec<Phase>,
+}
+
+impl AttemptFacts {
+    /// What the attempt was billed in USD (billable × count × price), when known.
+    pub fn billed_usd(&self) -> Option<f64> {
+        Some(dollars(
+            self.billable_seconds? as f64,
+            self.instance_count?,
+            self.on_demand_usd_per_hour?,
+        ))
+    }
+
+    /// What its training time costs on-demand in USD (training × count × price), when known.
+    pub fn on_demand_usd(&self) -> Option<f64> {
+        Some(dollars(
+            self.training_seconds? as f64,
+            self.instance_count?,
+            self.on_demand_usd_per_hour?,
+        ))
+    }
+}
+
+/// Interruptions after which SageMaker got `job` an instance again: `Interrupted` transitions
+/// followed later by `Downloading`, `DownloadingTrainingImage` or `Training`. An interruption
+/// that ends in waiting (`Starting` → `Stopping`: MaxWaitTimeInSeconds ran out) is no restart.
+pub fn sagemaker_restarts(job: &JobFacts) -> u32 {
+    let ran = |s: &SecondaryStatus| {
+        matches!(
+            s,
+            SecondaryStatus::Downloading
+                | SecondaryStatus::DownloadingTrainingImage
+                | SecondaryStatus::Training
+        )
+    };
+    let mut restarts = 0u32;
+    for (i, t) in job.transitions.iter().enumerate() {
+        if t.status == SecondaryStatus::Interrupted
+            && job.transitions[i + 1..]
+                .iter()
+                .any(|later| ran(&later.status))
+        {
+            restarts = restarts.saturating_add(1);
+        }
+    }
+    restarts
+}
+
+fn tag_number<T: std::str::FromStr>(job: &JobFacts, key: &str) -> Option<T> {
+    job.tags.get(key).and_then(|v| v.trim().parse().ok())
+}
+
+/// The [`AttemptFacts`] of one job (pure; missing fields stay `None`).
+pub fn attempt_facts(job: &JobFacts, prices: &PriceTable) -> AttemptFacts {
+    AttemptFacts {
+        job_name: job.name.clone(),
+        attempt: tag_number(job, keys::ATTEMPT).unwrap_or(1),
+        instance_type: job.instance_type.clone(),
+        instance_count: job.instance_count,
+        spot: job.managed_spot,
+        status: job.status.as_ref().map(|s| s.as_str().to_owned()),
+        secondary_status: job.secondary_status.as_ref().map(|s| s.as_str().to_owned()),
+        training_seconds: job.training_time_seconds,
+        billable_seconds: job.billable_time_seconds,
+        on_demand_usd_per_hour: job
+            .instance_type
+            .as_deref()
+            .and_then(|it| prices.usd_per_hour(it)),
+        interruptions: job.interruptions(),
+        sagemaker_restarts: sagemaker_restarts(job),
+        resume_step: tag_number(job, keys::RESUME_STEP),
+        max_wait_seconds: job.max_wait_seconds,
+        created_at: job.creation_time,
+        ended_at: job.training_end_time.or(job.last_modified_time),
+        phases: job
+            .transitions
+            .iter()
+            .map(|t| Phase {
+                status: t.status.as_str().to_owned(),
+                start: t.start_time,
+                end: t.end_time,
+            })
+            .collect(),
     }
 }
 
@@ -329,6 +493,12 @@ pub fn job_savings(job: &JobFacts, prices: &PriceTable) -> Result<SavingsRecord,
         lineage_root: job.tags.get(keys::ROOT).map(str::to_owned),
         ended_at: job.training_end_time,
         prices_as_of: prices.as_of().map(str::to_owned),
+        attempt: Some(tag_number(job, keys::ATTEMPT).unwrap_or(1)),
+        resume_step: tag_number(job, keys::RESUME_STEP),
+        interruptions: Some(job.interruptions()),
+        sagemaker_restarts: Some(sagemaker_restarts(job)),
+        spot: job.managed_spot,
+        created_at: job.creation_time,
     })
 }
 
@@ -405,6 +575,7 @@ pub fn lineage_savings(
         unpriced_instance_types: unpriced,
         skipped,
         prices_as_of: prices.as_of().map(str::to_owned),
+        attempts: jobs.iter().map(|j| attempt_facts(j, prices)).collect(),
     })
 }
 
@@ -522,6 +693,98 @@ mod tests {
             lineage_savings("r", &[], &prices),
             Err(SavingsError::NoUsableJobs { .. })
         ));
+    }
+
+    /// Attempt 1 of a lineage: interrupted twice; SageMaker restarted it after the first, the
+    /// wait ran out after the second.
+    fn interrupted_twice() -> JobFacts {
+        let t = |status: &str, start: i64| json!({"Status": status, "StartTime": start});
+        JobFacts::from_value(
+            &json!({"TrainingJobName": "train", "TrainingJobStatus": "Stopped",
+                    "SecondaryStatus": "MaxWaitTimeExceeded", "EnableManagedSpotTraining": true,
+                    "ResourceConfig": {"InstanceType": "ml.p3.2xlarge", "InstanceCount": 2},
+                    "StoppingCondition": {"MaxWaitTimeInSeconds": 7200},
+                    "TrainingTimeInSeconds": 1800, "BillableTimeInSeconds": 600,
+                    "CreationTime": 1_700_000_000.0, "TrainingEndTime": 1_700_007_200.0,
+                    "SecondaryStatusTransitions": [
+                        t("Starting", 1_700_000_000), t("Downloading", 1_700_000_060),
+                        t("Training", 1_700_000_120), t("Interrupted", 1_700_001_000),
+                        t("Starting", 1_700_001_100), t("Downloading", 1_700_001_500),
+                        t("Training", 1_700_001_560), t("Interrupted", 1_700_002_000),
+                        t("Starting", 1_700_002_100), t("Stopping", 1_700_007_100),
+                        t("MaxWaitTimeExceeded", 1_700_007_200)]}),
+            FactsOrigin::DescribeTrainingJob,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn restarts_count_only_interruptions_that_ran_again() {
+        let job = interrupted_twice();
+        assert_eq!(job.interruptions(), 2);
+        assert_eq!(sagemaker_restarts(&job), 1);
+        let prices = PriceTable::from_json(br#"{"usd_per_hour": {"ml.p3.2xlarge": 3.6}}"#).unwrap();
+        let facts = attempt_facts(&job, &prices);
+        assert_eq!(facts.attempt, 1);
+        assert_eq!((facts.interruptions, facts.sagemaker_restarts), (2, 1));
+        assert_eq!(facts.phases.len(), 11);
+        assert_eq!(facts.phases[3].status, "Interrupted");
+        assert_eq!(
+            facts.secondary_status.as_deref(),
+            Some("MaxWaitTimeExceeded")
+        );
+        // 600 s × 2 instances at 3.6/h; 1800 s × 2 on-demand.
+        assert!((facts.billed_usd().unwrap() - 1.2).abs() < 1e-9);
+        assert!((facts.on_demand_usd().unwrap() - 3.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn records_carry_lineage_facts_and_older_records_still_read() {
+        let mut job = job("train-r2-abc", "ml.p3.2xlarge", 1, 100, 30);
+        job.tags.insert("spotcheck:root", "train");
+        job.tags.insert("spotcheck:attempt", "2");
+        job.tags.insert("spotcheck:resume-step", "1200");
+        let record = job_savings(&job, &PriceTable::builtin()).unwrap();
+        assert_eq!(
+            (record.attempt, record.resume_step, record.interruptions),
+            (Some(2), Some(1200), Some(0))
+        );
+        let summary = lineage_savings(
+            "train",
+            &[interrupted_twice(), job.clone()],
+            &PriceTable::builtin(),
+        )
+        .unwrap();
+        let attempts: Vec<_> = summary
+            .attempts
+            .iter()
+            .map(|a| (a.job_name.as_str(), a.attempt, a.resume_step))
+            .collect();
+        assert_eq!(
+            attempts,
+            [("train", 1, None), ("train-r2-abc", 2, Some(1200))]
+        );
+        let round_trip: LineageSummary =
+            serde_json::from_slice(&serde_json::to_vec(&summary).unwrap()).unwrap();
+        assert_eq!(round_trip.attempts, summary.attempts);
+
+        // The shapes written before these fields existed.
+        let old_job: SavingsRecord = serde_json::from_value(json!({
+            "job_name": "j", "instance_type": "ml.p3.2xlarge", "instance_count": 1,
+            "training_seconds": 100, "billable_seconds": 30, "seconds_saved": 70,
+            "savings_percent": 70.0, "billed_compute_seconds": 30,
+            "on_demand_usd_per_hour": 3.825, "on_demand_cost_usd": 0.1, "spot_cost_usd": 0.03,
+            "dollars_saved": 0.07, "lineage_root": null, "ended_at": null, "prices_as_of": null}))
+        .unwrap();
+        assert_eq!((old_job.attempt, old_job.sagemaker_restarts), (None, None));
+        let old_summary: LineageSummary = serde_json::from_value(json!({
+            "root": "r", "jobs": ["r"], "training_seconds": 100, "billable_seconds": 30,
+            "seconds_saved": 70, "savings_percent": 70.0, "billed_compute_seconds": 30,
+            "on_demand_cost_usd": null, "spot_cost_usd": null, "dollars_saved": null,
+            "unpriced_instance_types": [], "skipped": [], "prices_as_of": null}))
+        .unwrap();
+        assert!(old_summary.attempts.is_empty());
     }
 
     #[test]

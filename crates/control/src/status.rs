@@ -80,6 +80,17 @@ open_enum! {
     }
 }
 
+impl TrainingJobStatus {
+    /// Completed, Failed or Stopped: the job will not change status again (SageMaker may still
+    /// touch it, e.g. for a warm pool or the debugger's rule statuses).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            TrainingJobStatus::Completed | TrainingJobStatus::Failed | TrainingJobStatus::Stopped
+        )
+    }
+}
+
 open_enum! {
     /// `SecondaryStatus`: the detailed state within a primary status.
     pub enum SecondaryStatus {

@@ -27,6 +27,9 @@ pub mod keys {
     pub const RESUME_STEP: &str = "spotcheck:resume-step";
     /// Consecutive earlier attempts that trained without checkpoint progress.
     pub const STALLED: &str = "spotcheck:stalled";
+    /// Seconds of the lineage's runtime budget used by earlier attempts (their
+    /// `TrainingTimeInSeconds`): a relaunch's `MaxRuntimeInSeconds` is what is left.
+    pub const RUNTIME_USED: &str = "spotcheck:runtime-used";
     /// Policy override: total attempts allowed in the lineage.
     pub const MAX_ATTEMPTS: &str = "spotcheck:max-attempts";
     /// Policy override: comma-separated instance-type ladder.
@@ -45,15 +48,21 @@ pub mod keys {
     pub const CRASH_LOOP_ATTEMPTS: &str = "spotcheck:crash-loop-attempts";
     /// Policy override: MaxWaitTimeInSeconds for relaunched spot jobs.
     pub const MAX_WAIT: &str = "spotcheck:max-wait";
+    /// Policy override: relaunch after MaxRuntimeExceeded with a fresh runtime budget.
+    pub const RELAUNCH_AFTER_MAX_RUNTIME: &str = "spotcheck:relaunch-after-max-runtime";
     /// EC2: the training run an instance belongs to (marks the instance as managed).
     pub const RUN: &str = "spotcheck:run";
     /// EC2: where the run's checkpoints live.
     pub const CHECKPOINT_URI: &str = "spotcheck:checkpoint-uri";
     /// EC2: what to continue the run on when the instance is reclaimed.
     pub const CONTINUE_ON: &str = "spotcheck:continue-on";
+    /// EC2: which continuation of the run the instance belongs to (absent = 0, the run as first
+    /// launched). Every instance of one run carries the same value, so a reclaim of several of
+    /// them continues the run once; the continuation is generation + 1.
+    pub const GENERATION: &str = "spotcheck:generation";
 
     /// Lineage bookkeeping keys: recomputed for every relaunch, never copied from the parent.
-    pub const LINEAGE: [&str; 7] = [
+    pub const LINEAGE: [&str; 8] = [
         ROOT,
         ATTEMPT,
         PARENT,
@@ -61,6 +70,7 @@ pub mod keys {
         ERROR_RETRIES,
         RESUME_STEP,
         STALLED,
+        RUNTIME_USED,
     ];
 }
 

@@ -3,9 +3,19 @@
 //!
 //! Owns the parts of the protocol that are pure data work: [`TrainingJobRequest::parse`]
 //! checks a CreateTrainingJob body the way SageMaker does (name pattern, required members,
-//! spot rules) and keeps the body to echo it back; [`describe`] merges that body with a
-//! [`JobState`]; [`ApiError`] is the `{"__type", "message"}` body with its HTTP status. It never
-//! touches the network, processes or the clock.
+//! spot rules, and what SageMaker refuses although its own DescribeTrainingJob shows it:
+//! `VolumeKmsKeyId` on an instance type with local storage, `MetricDefinitions` for a built-in
+//! algorithm, `AlgorithmName` together with `TrainingImage`) and keeps the body;
+//! [`describe`] answers DescribeTrainingJob as SageMaker does — the body completed with what the
+//! service fills in (defaults, the algorithm's image and metrics, debugger and profiler
+//! configuration), not an echo — merged with a [`JobState`]; [`ApiError`] is the
+//! `{"__type", "message"}` body with its HTTP status. It never touches the network, processes
+//! or the clock.
+//!
+//! The service's own tables of instance types with local storage and of built-in algorithm
+//! repositories are kept apart from the control plane's (`spotcheck_aws::create_rules`) on
+//! purpose: the service checks the control plane's requests, it does not agree with them by
+//! construction.
 
 use serde_json::{json, Map, Value};
 use spotcheck_control::naming::is_valid_job_name;
@@ -130,6 +140,77 @@ pub struct TrainingJobRequest {
 pub const DEFAULT_MAX_RUNTIME: u64 = 86_400;
 /// 28 days, SageMaker's largest `MaxRuntimeInSeconds`.
 pub const MAX_MAX_RUNTIME: u64 = 28 * 86_400;
+/// `ResourceConfig.VolumeSizeInGB` when a request leaves it out.
+pub const DEFAULT_VOLUME_SIZE_GB: u64 = 30;
+
+/// Instance families with local NVMe storage (EC2 instance-type specifications), on which
+/// SageMaker refuses `VolumeKmsKeyId`.
+const LOCAL_STORAGE_FAMILIES: &[&str] = &[
+    "c5d", "g4dn", "g5", "g6", "g6e", "m5d", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en", "r5d",
+    "trn1", "trn1n", "trn2",
+];
+
+/// Built-in algorithm repositories and the metrics SageMaker defines for them (a sample of the
+/// real lists: enough that a copy of them is visible).
+const BUILTIN_ALGORITHMS: &[(&str, &[(&str, &str)])] = &[
+    (
+        "sagemaker-xgboost",
+        &[
+            (
+                "train:rmse",
+                r".*\[[0-9]+\].*#011train-rmse:([-+]?[0-9]*\.?[0-9]+).*",
+            ),
+            (
+                "validation:rmse",
+                r".*\[[0-9]+\].*#011validation-rmse:([-+]?[0-9]*\.?[0-9]+).*",
+            ),
+        ],
+    ),
+    (
+        "xgboost",
+        &[("train:rmse", r".*train-rmse:([-+]?[0-9]*\.?[0-9]+).*")],
+    ),
+    (
+        "linear-learner",
+        &[(
+            "train:objective_loss",
+            r"#quality_metric: host=\S+, epoch=\S+, train objective_loss <loss>=(\S+)",
+        )],
+    ),
+    ("kmeans", &[("train:msd", r"#train_msd=(\S+)")]),
+    (
+        "blazingtext",
+        &[("train:mean_rho", r"#train_mean_rho=(\S+)")],
+    ),
+    (
+        "image-classification",
+        &[("train:accuracy", r"Epoch\S* Train-accuracy=(\S+)")],
+    ),
+];
+
+/// The built-in algorithm's metric definitions, when `image` is one (an ECR image of a
+/// built-in repository) and is not used as a framework (`sagemaker_program` names a script).
+fn builtin_metrics(image: &str, hyperparameters: &Map<String, Value>) -> Option<Value> {
+    let (registry, path) = image.split_once('/')?;
+    if !registry.contains(".dkr.ecr.") || hyperparameters.contains_key("sagemaker_program") {
+        return None;
+    }
+    let repository = path.split([':', '@']).next()?;
+    let (_, metrics) = BUILTIN_ALGORITHMS.iter().find(|(r, _)| *r == repository)?;
+    Some(Value::Array(
+        metrics
+            .iter()
+            .map(|(name, regex)| json!({"Name": name, "Regex": regex}))
+            .collect(),
+    ))
+}
+
+fn has_local_storage(instance_type: &str) -> bool {
+    instance_type
+        .split('.')
+        .nth(1)
+        .is_some_and(|family| LOCAL_STORAGE_FAMILIES.contains(&family))
+}
 
 fn member<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(k))
@@ -222,22 +303,32 @@ impl TrainingJobRequest {
                 "1 validation error detected: Value '{name}' at 'trainingJobName' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){{0,62}}"
             )));
         }
-        let image = string(
+        let training_image = string(
             body,
             &["AlgorithmSpecification", "TrainingImage"],
             "algorithmSpecification.trainingImage",
         )?
-        .or(string(
+        .filter(|s| !s.is_empty());
+        let algorithm_name = string(
             body,
             &["AlgorithmSpecification", "AlgorithmName"],
             "algorithmSpecification.algorithmName",
-        )?)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ApiError::validation(
-                "AlgorithmSpecification must name a TrainingImage or an AlgorithmName",
-            )
-        })?;
+        )?
+        .filter(|s| !s.is_empty());
+        let image = match (training_image, algorithm_name) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::validation(
+                    "AlgorithmSpecification: specify either an AlgorithmName or a \
+                     TrainingImage, not both",
+                ))
+            }
+            (Some(image), None) | (None, Some(image)) => image,
+            (None, None) => {
+                return Err(ApiError::validation(
+                    "AlgorithmSpecification must name a TrainingImage or an AlgorithmName",
+                ))
+            }
+        };
         required(
             body,
             &["AlgorithmSpecification", "TrainingInputMode"],
@@ -279,6 +370,19 @@ impl TrainingJobRequest {
             &["ResourceConfig", "VolumeSizeInGB"],
             "resourceConfig.volumeSizeInGB",
         )?;
+        if string(
+            body,
+            &["ResourceConfig", "VolumeKmsKeyId"],
+            "resourceConfig.volumeKmsKeyId",
+        )?
+        .is_some()
+            && has_local_storage(&instance_type)
+        {
+            return Err(ApiError::validation(format!(
+                "Instance type {instance_type} has local instance storage, which is encrypted \
+                 by a hardware module: VolumeKmsKeyId is not supported"
+            )));
+        }
         let spot = match body.get("EnableManagedSpotTraining") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -314,6 +418,15 @@ impl TrainingJobRequest {
         }
         let hyperparameters = string_map(body, "HyperParameters")?;
         let environment = string_map(body, "Environment")?;
+        if member(body, &["AlgorithmSpecification", "MetricDefinitions"])
+            .is_some_and(|m| !m.is_null())
+            && builtin_metrics(&image, &hyperparameters).is_some()
+        {
+            return Err(ApiError::validation(format!(
+                "MetricDefinitions are not supported for the built-in algorithm {image}: its \
+                 metrics are defined by SageMaker"
+            )));
+        }
         let mut channels = Vec::new();
         if let Some(list) = body.get("InputDataConfig").filter(|v| !v.is_null()) {
             let list = list
@@ -406,7 +519,62 @@ pub fn epoch_seconds(ms: EpochMs) -> Value {
     json!(ms as f64 / 1000.0)
 }
 
-/// DescribeTrainingJob output: the request echoed back, plus the state.
+/// Applies `fill` to the member object `key` of `out` (created empty when absent).
+fn with_section(
+    out: &mut Map<String, Value>,
+    key: &str,
+    fill: impl FnOnce(&mut Map<String, Value>),
+) {
+    let mut section = match out.remove(key) {
+        Some(Value::Object(section)) => section,
+        _ => Map::new(),
+    };
+    fill(&mut section);
+    out.insert(key.to_owned(), Value::Object(section));
+}
+
+/// What SageMaker fills into DescribeTrainingJob that the request may not have said: the
+/// defaults of the members it has, the image of an `AlgorithmName`, a built-in algorithm's
+/// metric definitions, and the debugger hook and profiler configuration it sets up.
+fn service_filled(req: &TrainingJobRequest, out: &mut Map<String, Value>, region: &str) {
+    with_section(out, "AlgorithmSpecification", |algorithm| {
+        if let Some(name) = algorithm.get("AlgorithmName").and_then(Value::as_str) {
+            let image = format!(
+                "000000000000.dkr.ecr.{region}.amazonaws.com/{}:latest",
+                name.to_ascii_lowercase()
+            );
+            algorithm.insert("TrainingImage".into(), json!(image));
+        }
+        algorithm
+            .entry("EnableSageMakerMetricsTimeSeries")
+            .or_insert(json!(false));
+        if let Some(metrics) = builtin_metrics(&req.image, &req.hyperparameters) {
+            algorithm.insert("MetricDefinitions".into(), metrics);
+        }
+    });
+    with_section(out, "OutputDataConfig", |output| {
+        output.entry("KmsKeyId").or_insert(json!(""));
+    });
+    with_section(out, "ResourceConfig", |resources| {
+        resources
+            .entry("VolumeSizeInGB")
+            .or_insert(json!(DEFAULT_VOLUME_SIZE_GB));
+    });
+    out.entry("EnableNetworkIsolation").or_insert(json!(false));
+    out.entry("EnableInterContainerTrafficEncryption")
+        .or_insert(json!(false));
+    out.entry("DebugHookConfig").or_insert(json!({
+        "S3OutputPath": req.output_path,
+        "CollectionConfigurations": [],
+    }));
+    out.entry("ProfilerConfig").or_insert(json!({
+        "S3OutputPath": req.output_path,
+        "ProfilingIntervalInMilliseconds": 500,
+        "DisableProfiler": false,
+    }));
+}
+
+/// DescribeTrainingJob output: the request as SageMaker completes it, plus the state.
 pub fn describe(
     req: &TrainingJobRequest,
     spec: &JobSpec,
@@ -416,6 +584,8 @@ pub fn describe(
     now: EpochMs,
 ) -> Value {
     let mut out = req.body.clone();
+    let region = arn.split(':').nth(3).unwrap_or("us-east-1");
+    service_filled(req, &mut out, region);
     let mut put = |k: &str, v: Value| {
         out.insert(k.to_owned(), v);
     };
@@ -586,6 +756,81 @@ mod tests {
             TrainingJobRequest::parse(&json!([1])).unwrap_err().code,
             "SerializationException"
         );
+    }
+
+    /// Regression: DescribeTrainingJob echoed the Create body, so a relaunch copying
+    /// service-filled fields could never be refused here.
+    #[test]
+    fn describe_fills_in_what_sagemaker_fills_and_create_refuses_it_back() {
+        let mut body = valid();
+        body["AlgorithmSpecification"]["TrainingImage"] =
+            json!("683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1");
+        let r = TrainingJobRequest::parse(&body).unwrap();
+        let spec = r.spec(0.3, 1000);
+        let d = describe(
+            &r,
+            &spec,
+            &JobState::new(&spec, 1_000),
+            "arn:aws:sagemaker:eu-west-1:1:training-job/x",
+            None,
+            2_000,
+        );
+        let algorithm = &d["AlgorithmSpecification"];
+        assert_eq!(algorithm["MetricDefinitions"][0]["Name"], "train:rmse");
+        assert_eq!(algorithm["EnableSageMakerMetricsTimeSeries"], false);
+        assert_eq!(d["OutputDataConfig"]["KmsKeyId"], "");
+        assert_eq!(d["OutputDataConfig"]["S3OutputPath"], "s3://out/models");
+        assert_eq!(d["ResourceConfig"]["VolumeSizeInGB"], 10, "given: kept");
+        assert_eq!(d["EnableNetworkIsolation"], false);
+        assert_eq!(d["EnableInterContainerTrafficEncryption"], false);
+        assert_eq!(d["ProfilerConfig"]["ProfilingIntervalInMilliseconds"], 500);
+        assert_eq!(d["DebugHookConfig"]["S3OutputPath"], "s3://out/models");
+        assert!(d.get("RetryStrategy").is_none());
+        // Describe's own answer, sent back as a request, is refused as SageMaker refuses it.
+        let mut copy = d.clone();
+        copy["TrainingJobName"] = json!("fmnist-2");
+        let err = TrainingJobRequest::parse(&copy).unwrap_err();
+        assert!(
+            err.message.contains("MetricDefinitions are not supported"),
+            "{}",
+            err.message
+        );
+        // A framework container (script mode) takes its own metric definitions.
+        body["HyperParameters"]["sagemaker_program"] = json!("train.py");
+        body["AlgorithmSpecification"]["MetricDefinitions"] =
+            json!([{"Name": "loss", "Regex": "loss=(\\S+)"}]);
+        TrainingJobRequest::parse(&body).unwrap();
+
+        // AlgorithmName: Describe fills TrainingImage in; Create takes one or the other.
+        let mut by_name = valid();
+        by_name["AlgorithmSpecification"] =
+            json!({"AlgorithmName": "my-algo", "TrainingInputMode": "File"});
+        let r = TrainingJobRequest::parse(&by_name).unwrap();
+        let d = describe(
+            &r,
+            &spec,
+            &JobState::new(&spec, 1_000),
+            "arn:aws:sagemaker:eu-west-1:1:training-job/x",
+            None,
+            2_000,
+        );
+        assert_eq!(
+            d["AlgorithmSpecification"]["TrainingImage"],
+            "000000000000.dkr.ecr.eu-west-1.amazonaws.com/my-algo:latest"
+        );
+        let mut copy = d.clone();
+        copy["TrainingJobName"] = json!("fmnist-3");
+        assert!(TrainingJobRequest::parse(&copy)
+            .unwrap_err()
+            .message
+            .contains("not both"));
+
+        // VolumeKmsKeyId on an instance type with local storage.
+        let mut nvme = valid();
+        nvme["ResourceConfig"]["VolumeKmsKeyId"] = json!("key");
+        TrainingJobRequest::parse(&nvme).unwrap_err();
+        nvme["ResourceConfig"]["InstanceType"] = json!("ml.p3.2xlarge");
+        TrainingJobRequest::parse(&nvme).unwrap();
     }
 
     #[test]

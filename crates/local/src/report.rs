@@ -15,10 +15,18 @@
 //!   price table's on-demand rate.
 //! - **Checkpoint overhead** = time the training loop stalled for checkpoints (the trainer's
 //!   `stall_seconds`) over the processes' wall time.
+//! - **Counterfactual**: `spotcheck_report::counterfactual` over the jobs as attempts (attempt
+//!   and resume step from the relaunch's `spotcheck:*` tags, else creation order and the step
+//!   its first trainer process resumed from) — what the lineage would have ended with without
+//!   spotcheck, and fully on-demand.
 
 use serde::Serialize;
-use spotcheck_control::savings::{job_savings, lineage_savings, LineageSummary, SavingsRecord};
-use spotcheck_control::{JobFacts, PriceTable};
+use spotcheck_control::savings::{
+    attempt_facts, job_savings, lineage_savings, LineageSummary, SavingsRecord,
+};
+use spotcheck_control::tags::keys;
+use spotcheck_control::{JobFacts, PriceTable, Tags};
+use spotcheck_report::counterfactual::{counterfactual, Counterfactual};
 
 use crate::clock::EpochMs;
 use crate::market::Outage;
@@ -180,6 +188,8 @@ pub struct Report {
     pub time_scale: f64,
     /// Price table date.
     pub prices_as_of: Option<String>,
+    /// Without spotcheck (SageMaker's own restarts only), with it, fully on-demand.
+    pub counterfactual: Option<Counterfactual>,
 }
 
 /// The inputs [`build`] needs besides the jobs.
@@ -220,7 +230,8 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
     let mut rows = Vec::new();
     let mut facts = Vec::new();
     let mut internal_restarts = 0;
-    for j in &jobs {
+    let mut attempts = Vec::new();
+    for (index, j) in jobs.iter().enumerate() {
         let mut phases = Vec::new();
         for t in &j.state.transitions {
             let stop = t.end.unwrap_or(end);
@@ -271,6 +282,23 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             .as_ref()
             .and_then(|f| job_savings(f, inputs.prices).ok());
         if let Some(f) = job_facts {
+            // The relaunch's tags say its attempt and the step it resumes from, as in AWS.
+            let mut tags = Tags::new();
+            for (k, v) in &j.tags {
+                tags.insert(k.clone(), v.clone());
+            }
+            let mut attempt = attempt_facts(&f.clone().with_tags(&tags), inputs.prices);
+            if tags.get(keys::ATTEMPT).is_none() {
+                attempt.attempt = u32::try_from(index + 1).unwrap_or(u32::MAX);
+            }
+            attempt.resume_step = attempt.resume_step.or_else(|| {
+                inputs
+                    .processes
+                    .iter()
+                    .find(|p| p.job == j.name)
+                    .and_then(|p| p.resumed_from)
+            });
+            attempts.push(attempt);
             facts.push(f);
         }
         rows.push(JobRow {
@@ -401,6 +429,7 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
         lineage_wall_seconds: inputs.lineage_wall_seconds,
         time_scale: inputs.time_scale,
         prices_as_of: inputs.prices.as_of().map(str::to_owned),
+        counterfactual: counterfactual(&attempts),
     }
 }
 
@@ -502,6 +531,9 @@ pub fn render_text(r: &Report) -> String {
             usd(l.spot_cost_usd),
             usd(l.dollars_saved)
         );
+    }
+    if let Some(c) = &r.counterfactual {
+        let _ = writeln!(o, "\nThe value, in one line: {}.", c.line());
     }
     let _ = writeln!(
         o,

@@ -22,8 +22,15 @@
 //! - [`Manifest::parse`]`(bytes)`, [`judge`]`(manifest_bytes, observed) -> `[`Verdict`],
 //!   [`judge_at`] to also check the location, [`CheckpointReport::new`]
 //!
+//! Multi-host jobs (a step is complete only when every host has it; see `docs/checkpoint-format.md`):
+//! - [`write_commit`]`(root, &`[`JobCommit`]`)` after every participant committed its step
+//! - [`open_latest_complete`]`(root, namespace)` to resume; [`Report::job`] from [`validate_root`]
+//! - [`judge_step`] (pure), [`committed_checkpoints`] and [`prune_commits`] for retention
+//!
 //! Retention:
-//! - [`plan_retention`]`(checkpoints, keep_last, in_use) -> Vec<`[`RetentionAction`]`>` (pure)
+//! - [`plan_retention`]`(checkpoints, keep_last, in_use, uploads) -> Vec<`[`RetentionAction`]`>`
+//!   (pure; [`Uploads::Synced`] with [`uploaded_checkpoints`]`(root, checkpoints)` where an
+//!   uploader mirrors the root to S3)
 //! - [`execute_retention`]`(root, actions)`
 //!
 //! # Design
@@ -36,14 +43,22 @@
 
 mod digest;
 mod durable;
+mod job;
 mod layout;
 mod manifest;
 mod retention;
 mod scan;
+mod upload;
 mod verify;
 mod writer;
 
 pub use digest::{crc64nvme_from_base64, crc64nvme_to_base64, FileDigest};
+pub use job::{
+    commit_file_name, committed_checkpoints, judge_step, manifest_digest, parse_commit_file_name,
+    prune_commits, read_commits, write_commit, CommitError, JobCommit, Participant,
+    ParticipantCheck, StepVerdict, COMMIT_FORMAT_VERSION, COMMIT_PREFIX, COMMIT_SUFFIX,
+    MAX_COMMIT_BYTES,
+};
 pub use layout::{
     check_namespace, check_rel_path, is_transport_name, parse_step_dir_name, step_dir_name,
     Location, PathProblem, MANIFEST_FILE, MAX_NAMESPACE_BYTES, MAX_PATH_BYTES, STEP_DIGITS,
@@ -53,10 +68,14 @@ pub use manifest::{
     FileEntry, Manifest, ManifestError, FORMAT_VERSION, MAX_FILES, MAX_FILE_SIZE,
     MAX_MANIFEST_BYTES,
 };
-pub use retention::{execute_retention, plan_retention, RetentionAction, RetentionError};
-pub use scan::{
-    open_latest_valid, validate_root, validate_root_with, CheckpointReport, ReadError, Report,
-    ValidCheckpoint, Verification,
+pub use retention::{
+    execute_retention, plan_retention, plan_retention_counting, RetentionAction, RetentionError,
+    Uploads,
 };
+pub use scan::{
+    open_latest_complete, open_latest_valid, validate_root, validate_root_with, CheckpointReport,
+    JobReport, JobStepReport, ReadError, Report, ValidCheckpoint, Verification,
+};
+pub use upload::{is_fully_uploaded, mark_uploaded, uploaded_checkpoints};
 pub use verify::{judge, judge_at, ChecksumKind, ObservedFile, Reason, Status, Verdict};
 pub use writer::{CheckpointWriter, CommittedCheckpoint, PendingCheckpoint, WriteError};

@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 
 use crate::digest::{digest_parallel, hash_reader};
+use crate::job::{
+    commit_file_name, judge_step, manifest_digest, read_commits, JobCommit, ParticipantCheck,
+    StepVerdict,
+};
 use crate::layout::{check_namespace, parse_step_dir_name, Location, PathProblem, MANIFEST_FILE};
 use crate::manifest::{FileEntry, Manifest, MAX_MANIFEST_BYTES};
 use crate::verify::{
@@ -37,10 +41,36 @@ pub enum Verification {
 /// Result of scanning a checkpoint root; serialises to exactly the JSON the CLI prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
-    /// Name of the valid checkpoint with the highest step (ties: the greatest name).
+    /// Name of the valid checkpoint with the highest step (ties: the greatest name); in a
+    /// multi-host job root (one with job commits), the commit file of the newest complete step.
     pub latest_valid: Option<String>,
     /// Every checkpoint directory found, ordered by namespace (root-level first), then step.
     pub checkpoints: Vec<CheckpointReport>,
+    /// The job-level view, present only in a job root (see `crate::JobCommit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobReport>,
+}
+
+/// The job-level view of a multi-host root: which steps every participant holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobReport {
+    /// The newest complete step.
+    pub latest_complete_step: Option<u64>,
+    /// Every commit found, by step, with its verdict and, for an incomplete step, which host
+    /// is missing, torn, corrupt or different.
+    pub steps: Vec<JobStepReport>,
+}
+
+/// One commit and its verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobStepReport {
+    /// The step.
+    pub step: u64,
+    /// The commit's file name.
+    pub commit: String,
+    /// Complete, or incomplete with the problems.
+    #[serde(flatten)]
+    pub verdict: StepVerdict,
 }
 
 /// One checkpoint directory and its verdict.
@@ -239,15 +269,177 @@ pub fn validate_root_with(
             CheckpointReport::new(location, verdict)
         })
         .collect();
-    let latest_valid = checkpoints
-        .iter()
-        .filter(|c| c.status == Status::Valid)
-        .max_by(|a, b| (a.step, &a.name).cmp(&(b.step, &b.name)))
-        .map(|c| c.name.clone());
+    let job = job_report(root, &checkpoints)?;
+    let latest_valid = match &job {
+        Some(job) => job.latest_complete_step.map(commit_file_name),
+        None => checkpoints
+            .iter()
+            .filter(|c| c.status == Status::Valid)
+            .max_by(|a, b| (a.step, &a.name).cmp(&(b.step, &b.name)))
+            .map(|c| c.name.clone()),
+    };
     Ok(Report {
         latest_valid,
         checkpoints,
+        job,
     })
+}
+
+/// The job-level view of `root` from the verdicts already reached, or `None` without commits.
+fn job_report(
+    root: &Path,
+    checkpoints: &[CheckpointReport],
+) -> Result<Option<JobReport>, ReadError> {
+    let commits = read_commits(root).map_err(|source| ReadError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if commits.is_empty() {
+        return Ok(None);
+    }
+    let mut steps = Vec::new();
+    for (step, commit) in commits {
+        let verdict = match commit {
+            Err(e) => StepVerdict::Incomplete {
+                problems: vec![format!("the commit is unreadable: {e}")],
+            },
+            Ok(commit) => {
+                let found = checkpoints
+                    .iter()
+                    .filter(|c| c.step == step)
+                    .filter_map(|c| {
+                        let ns = c.namespace.clone()?;
+                        let verdict = c
+                            .reason
+                            .clone()
+                            .map_or(Verdict::Valid, |reason| verdict_of(c.status, reason));
+                        let manifest_sha256 = (c.status == Status::Valid)
+                            .then(|| manifest_sha256_at(root, &ns, step))
+                            .flatten();
+                        Some((
+                            ns,
+                            ParticipantCheck {
+                                verdict,
+                                manifest_sha256,
+                            },
+                        ))
+                    })
+                    .collect();
+                judge_step(&commit, &found)
+            }
+        };
+        steps.push(JobStepReport {
+            step,
+            commit: commit_file_name(step),
+            verdict,
+        });
+    }
+    let latest_complete_step = steps
+        .iter()
+        .filter(|s| s.verdict.is_complete())
+        .map(|s| s.step)
+        .max();
+    Ok(Some(JobReport {
+        latest_complete_step,
+        steps,
+    }))
+}
+
+/// A verdict rebuilt from a report line (status and reason).
+fn verdict_of(status: Status, reason: Reason) -> Verdict {
+    match status {
+        Status::Valid => Verdict::Valid,
+        Status::Incomplete => Verdict::Incomplete { reason },
+        Status::Corrupt => Verdict::Corrupt { reason },
+    }
+}
+
+/// SHA-256 of `<root>/<ns>/step-…/manifest.json`, if it can be read.
+fn manifest_sha256_at(root: &Path, namespace: &str, step: u64) -> Option<String> {
+    let dir = dir_of(
+        root,
+        &Location {
+            namespace: Some(namespace.to_owned()),
+            step,
+        },
+    );
+    read_manifest(&dir)
+        .ok()
+        .flatten()
+        .map(|b| manifest_digest(&b))
+}
+
+/// The checkpoint of `namespace` to resume from: in a single-host root, the newest valid one
+/// ([`open_latest_valid`]); in a job root, this namespace's checkpoint of the newest
+/// **complete** step — every participant's checkpoint present, valid (this namespace's fully
+/// verified, the others' by size: their bytes are theirs to load) and the one the commit names.
+/// A job root never falls back to a step that is not complete, so every rank resumes from the
+/// same step. Participants must be visible under `root` (SageMaker copies the whole prefix into
+/// every host's checkpoint directory at start).
+pub fn open_latest_complete(
+    root: impl AsRef<Path>,
+    namespace: &str,
+) -> Result<Option<ValidCheckpoint>, ReadError> {
+    let root = root.as_ref();
+    let commits = read_commits(root).map_err(|source| ReadError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if commits.is_empty() {
+        return open_latest_valid(root, namespace);
+    }
+    for commit in commits.into_values().rev().filter_map(Result::ok) {
+        if let Some(found) = complete_for(root, namespace, &commit) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// This namespace's checkpoint of `commit`'s step, if the step is complete under `root`.
+fn complete_for(root: &Path, namespace: &str, commit: &JobCommit) -> Option<ValidCheckpoint> {
+    commit
+        .participants
+        .iter()
+        .any(|p| p.namespace == namespace)
+        .then_some(())?;
+    let mut found = std::collections::BTreeMap::new();
+    let mut mine = None;
+    for p in &commit.participants {
+        let location = Location {
+            namespace: Some(p.namespace.clone()),
+            step: commit.step,
+        };
+        let dir = dir_of(root, &location);
+        let depth = if p.namespace == namespace {
+            Verification::Full
+        } else {
+            Verification::SizesOnly
+        };
+        let (verdict, manifest) = verify_checkpoint(&dir, &location, depth);
+        let manifest_sha256 = read_manifest(&dir)
+            .ok()
+            .flatten()
+            .map(|b| manifest_digest(&b));
+        if p.namespace == namespace {
+            mine = manifest.map(|manifest| ValidCheckpoint {
+                name: location.name(),
+                dir: dir.clone(),
+                manifest,
+            });
+        }
+        found.insert(
+            p.namespace.clone(),
+            ParticipantCheck {
+                verdict,
+                manifest_sha256,
+            },
+        );
+    }
+    judge_step(commit, &found)
+        .is_complete()
+        .then_some(mine)
+        .flatten()
 }
 
 /// The newest checkpoint of `namespace` under `root` that passes full verification, falling

@@ -33,6 +33,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             // Savings are the SageMaker function's; the EC2 path prices nothing.
             prices: spotcheck_control::PriceTable::builtin(),
             validation: ValidationOptions::default(),
+            checkpoint_scope: settings.checkpoint_scope,
         },
     };
     let handler = &handler;

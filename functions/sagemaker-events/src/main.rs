@@ -32,6 +32,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             policy: settings.policy,
             prices,
             validation: ValidationOptions::default(),
+            checkpoint_scope: settings.checkpoint_scope,
         },
     };
     let handler = &handler;

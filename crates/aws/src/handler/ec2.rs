@@ -9,20 +9,25 @@
 //!    managed and the engine ignores it.
 //! 3. `decide` (the control crate's `ec2` table).
 //! 4. For an interruption warning (not a rebalance recommendation: advisory and noisy) of a run
-//!    with a checkpoint URI, validate the run's checkpoints. A validation the role may not do
-//!    (AccessDenied) or a non-S3 URI is recorded as `checkpoint_error`, not a failure: the
-//!    interruption record matters more, and the warning's value expires in two minutes.
-//! 5. Record the interruption in the ledger (and corrupt checkpoints).
-//! 6. Gate a planned continuation on what validation found (`gate_continuation`: training
+//!    with a checkpoint URI inside the stack's checkpoint location, validate the run's
+//!    checkpoints. A validation the role may not do (AccessDenied) or a non-S3 URI is recorded
+//!    as `checkpoint_error` (and in `checkpoint-validations/<run>/unavailable.json`), not a
+//!    failure, as in the SageMaker handler: the interruption record matters more, and the
+//!    warning's value expires in two minutes. A URI outside the location is not read at all.
+//! 5. Record the interruption in the ledger (and corrupt or unavailable checkpoints).
+//! 6. Gate a planned continuation on the policy and on what validation found
+//!    (`gate_continuation`: a checkpoint URI outside the stack's location → refused; training
 //!    finished → nothing to continue; no valid checkpoint → the `without_checkpoint` policy,
-//!    which may give up: recorded at `give-ups/<run>/<continuation>.json` and announced as
-//!    "Recovery Gave Up").
+//!    which may give up). A refusal or give-up is recorded at `give-ups/<run>/<continuation>.json`
+//!    and announced as "Recovery Gave Up".
 //!    When it goes ahead and `spotcheck:continue-on` is the `s3://` URI of
-//!    a CreateTrainingJob request template: read it (bounded), build the request
-//!    ([`continuation_request`]: managed spot, the run's checkpoint URI, lineage tags) and
-//!    create the job under the plan's deterministic name, so that `ResourceInUse` from a
-//!    duplicate warning means "already done". Any other `continue-on` value is left to the
-//!    user's automation.
+//!    a CreateTrainingJob request template: read it (bounded), refuse an instance type the
+//!    operator does not allow, build the request ([`continuation_request`]: managed spot, the
+//!    run's checkpoint URI, lineage tags) and create the job under the plan's deterministic
+//!    name (run + generation), so that the several instances of one run continue it once. On
+//!    `ResourceInUse` the existing job's `spotcheck:run` and `spotcheck:generation` decide
+//!    between "already done" and a name collision (a give-up). Any other `continue-on` value is
+//!    left to the user's automation.
 //! 7. Publish "Checkpoint Validation Failed" (corrupt checkpoints) and "Training Run Continued"
 //!    (created) or "Training Run Continuation Planned" (left to a subscriber).
 //!
@@ -30,23 +35,24 @@
 //! so the event lands in the DLQ with its alarm and a redrive after the fix creates the job.
 
 use serde::Serialize;
-use spotcheck_control::ec2::{gate_continuation, ContinuationVerdict};
+use spotcheck_control::ec2::{gate_continuation, refuse_instance_type, ContinuationVerdict};
 use spotcheck_control::events::Signal;
-use spotcheck_control::outputs::OutputEvent;
+use spotcheck_control::outputs::{EventEntry, OutputEvent};
 use spotcheck_control::{
-    decide, Action, CheckpointSummary, Decision, DecisionInput, Record, Timestamp,
+    decide, Action, CheckpointSummary, Decision, DecisionInput, GiveUp, GiveUpCause, Record,
+    Timestamp,
 };
 
 use super::{
-    parse_relevant, publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError,
-    Journal, LedgerEntry, LogSink, Outcome,
+    existing_job_tags, parse_relevant, publish, record_validation, validate_for_decision,
+    write_record, Handled, HandlerConfig, HandlerError, Journal, LedgerEntry, LineageRef, LogSink,
+    Outcome,
 };
-use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError};
+use crate::checkpoints::CheckpointStore;
 use crate::continuation::{
     continuation_request, parse_template, template_location, Template, TemplateError,
     MAX_TEMPLATE_BYTES,
 };
-use crate::error::ErrorKind;
 use crate::events::{continuation_entry, continued_entry, EventSink};
 use crate::instances::InstanceTags;
 use crate::ledger::{keys, Ledger};
@@ -93,7 +99,7 @@ where
         log: &impl LogSink,
     ) -> Result<Handled, HandlerError> {
         let mut journal = Journal::new("ec2-spot-events");
-        let result = self.run(event, now, &mut journal).await;
+        let result = self.run(event, now, &mut journal, log).await;
         journal.finish(result, log)
     }
 
@@ -102,8 +108,9 @@ where
         bytes: &[u8],
         now: Timestamp,
         j: &mut Journal,
+        log: &impl LogSink,
     ) -> Result<Outcome, HandlerError> {
-        let event = match parse_relevant(bytes, j) {
+        let event = match parse_relevant(bytes, j, now, log) {
             Ok(event) => event,
             Err(acknowledged) => return Ok(acknowledged),
         };
@@ -143,15 +150,31 @@ where
         let Action::Record(Record::InstanceInterruption(interruption)) = &decision.action else {
             return Ok(Outcome::Ignored);
         };
+        j.lineage = Some(LineageRef {
+            root: interruption.run.clone(),
+            attempt: None,
+        });
 
+        let mut summary = None;
         if !interruption.advisory {
             if let Some(uri) = &interruption.checkpoint_uri {
-                match validate_checkpoints(&self.checkpoints, uri, self.config.validation).await {
-                    Ok(validation) => j.checkpoints = Some(validation),
-                    Err(ValidationError::Aws(e)) if e.kind == ErrorKind::Transient => {
-                        return Err(e.into())
+                match &self.config.checkpoint_scope {
+                    Some(scope) if !scope.contains(uri) => {
+                        j.checkpoint_error = Some(format!(
+                            "{uri} lies outside the stack's checkpoint location {scope}; not read"
+                        ));
                     }
-                    Err(e) => j.checkpoint_error = Some(e.to_string()),
+                    _ => {
+                        summary = Some(
+                            validate_for_decision(
+                                &self.checkpoints,
+                                uri,
+                                self.config.validation,
+                                j,
+                            )
+                            .await?,
+                        );
+                    }
                 }
             }
         }
@@ -176,12 +199,26 @@ where
         write_record(&self.ledger, j, &key, body).await?;
 
         let mut events = Vec::new();
-        record_corrupt(&self.ledger, j, &interruption.run, now, &mut events).await?;
+        record_validation(
+            &self.ledger,
+            j,
+            &interruption.run,
+            interruption.checkpoint_uri.as_deref(),
+            now,
+            &mut events,
+        )
+        .await?;
         let mut outcome = Outcome::Recorded;
         if let Some(plan) = &interruption.continuation {
             let checkpoint_error = checkpoint_error.as_deref();
-            let summary = validation.as_ref().map(|v| &v.summary);
-            let from_step = match gate_continuation(plan, summary, &self.config.policy, &tags) {
+            let verdict = gate_continuation(
+                plan,
+                summary.as_ref(),
+                &self.config.policy,
+                &tags,
+                self.config.checkpoint_scope.as_ref(),
+            );
+            let from_step = match verdict {
                 // The decision's reason already says where the run continues.
                 ContinuationVerdict::Continue { from_step, .. } => from_step,
                 ContinuationVerdict::Finished { reason } => {
@@ -190,24 +227,8 @@ where
                     return Ok(outcome);
                 }
                 ContinuationVerdict::GiveUp { give_up, reason } => {
-                    j.effect(reason.clone());
-                    let gave_up = Decision {
-                        action: Action::GiveUp(give_up.clone()),
-                        reason,
-                        event_key: decision.event_key.clone(),
-                    };
-                    // The record's reason is the gate's, not the interruption decision's.
-                    let body = serde_json::to_vec(&LedgerEntry {
-                        reason: &gave_up.reason,
-                        ..LedgerEntry::new("recovery_gave_up", now, j, &give_up)
-                    })?;
-                    let key = keys::give_up(&give_up.root, &give_up.job_name);
-                    write_record(&self.ledger, j, &key, body).await?;
-                    events.extend(
-                        OutputEvent::from_decision(&gave_up)
-                            .map(|e| e.entry())
-                            .transpose()?,
-                    );
+                    self.give_up(give_up, reason, &decision, now, j, &mut events)
+                        .await?;
                     publish(&self.events, j, events).await?;
                     return Ok(Outcome::GaveUp);
                 }
@@ -227,6 +248,15 @@ where
                 }
                 Some(location) => {
                     let template = self.template(&plan.continue_on, location).await?;
+                    let instance_type = &template.resource_config.instance_type;
+                    if let Some(ContinuationVerdict::GiveUp { give_up, reason }) =
+                        refuse_instance_type(plan, instance_type, &self.config.policy)
+                    {
+                        self.give_up(give_up, reason, &decision, now, j, &mut events)
+                            .await?;
+                        publish(&self.events, j, events).await?;
+                        return Ok(Outcome::GaveUp);
+                    }
                     let request = continuation_request(&template, plan, from_step);
                     let arn = match self.jobs.create(request).await? {
                         Created::New { arn } => {
@@ -235,6 +265,21 @@ where
                             Some(arn)
                         }
                         Created::AlreadyExists => {
+                            let existing = existing_job_tags(&self.jobs, &plan.name).await?;
+                            if let Err(collision) = plan.check_existing(&existing) {
+                                let give_up = GiveUp {
+                                    job_name: plan.name.clone(),
+                                    root: plan.run.clone(),
+                                    attempt: 1,
+                                    cause: GiveUpCause::NameCollision,
+                                };
+                                let reason =
+                                    format!("run {}: not continued: {collision}", plan.run);
+                                self.give_up(give_up, reason, &decision, now, j, &mut events)
+                                    .await?;
+                                publish(&self.events, j, events).await?;
+                                return Ok(Outcome::GaveUp);
+                            }
                             j.effect(format!(
                                 "{} already exists: an earlier delivery created it",
                                 plan.name
@@ -254,6 +299,37 @@ where
         }
         publish(&self.events, j, events).await?;
         Ok(outcome)
+    }
+
+    /// Records a refused or given-up continuation (`give-ups/<run>/<continuation>.json`, its
+    /// reason the gate's, not the interruption decision's) and queues "Recovery Gave Up".
+    async fn give_up(
+        &self,
+        give_up: GiveUp,
+        reason: String,
+        decision: &Decision,
+        now: Timestamp,
+        j: &mut Journal,
+        events: &mut Vec<EventEntry>,
+    ) -> Result<(), HandlerError> {
+        j.effect(reason.clone());
+        let gave_up = Decision {
+            action: Action::GiveUp(give_up.clone()),
+            reason,
+            event_key: decision.event_key.clone(),
+        };
+        let body = serde_json::to_vec(&LedgerEntry {
+            reason: &gave_up.reason,
+            ..LedgerEntry::new("recovery_gave_up", now, j, &give_up)
+        })?;
+        let key = keys::give_up(&give_up.root, &give_up.job_name);
+        write_record(&self.ledger, j, &key, body).await?;
+        events.extend(
+            OutputEvent::from_decision(&gave_up)
+                .map(|e| e.entry())
+                .transpose()?,
+        );
+        Ok(())
     }
 
     /// Reads and parses the request template at `uri` (already split into `location`).

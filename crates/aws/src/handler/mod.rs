@@ -10,7 +10,8 @@
 //!
 //! | situation | result | Lambda |
 //! |---|---|---|
-//! | malformed event, irrelevant event, not opted in (tags, or AccessDenied from Describe), job gone, invalid lineage tag | `Ok`, logged | acknowledged, never retried |
+//! | malformed event (also counted: EMF metric `MalformedEvents`), irrelevant event, not opted in (tags, or AccessDenied from Describe), job gone, invalid lineage tag | `Ok`, logged | acknowledged, never retried |
+//! | checkpoints that cannot be validated for a reason retrying cannot fix (AccessDenied, no such bucket, not `s3://`) | recorded (`checkpoint-validations/<job or run>/unavailable.json`), the decision goes on without a summary | — |
 //! | decision carried out (or already carried out by an earlier delivery) | `Ok` | done |
 //! | an AWS call still failing after the SDK's retries with a transient kind (throttling, 5xx, timeout) | [`HandlerError::Transient`] | `Err`: Lambda retries (twice), then the DLQ |
 //! | AWS refused an action for a reason retrying cannot fix (IAM, validation, quota) | [`HandlerError::Refused`] | `Err`: it lands in the DLQ with its alarm; fix, then redrive |
@@ -21,8 +22,10 @@
 //! after the fix completes the work. Lambda's two automatic retries of a refusal are wasted but
 //! harmless, because every action is idempotent:
 //!
-//! - a relaunch or continuation asks for the deterministic name of the plan; `ResourceInUse`
-//!   means done;
+//! - a relaunch or continuation asks for the deterministic name of the plan; on `ResourceInUse`
+//!   the existing job's lineage tags are checked: the same parent and root (a continuation: the
+//!   same run and generation) mean done, anything else is a name collision, recorded and
+//!   announced as a give-up (retrying cannot free the name);
 //! - ledger records are written once at deterministic keys (`If-None-Match: *`);
 //! - events are published after the action and the record succeeded, on every delivery that
 //!   gets that far: **at least once**, so subscribers must tolerate duplicates;
@@ -39,15 +42,21 @@ pub use ec2::Ec2Handler;
 pub use sagemaker::SageMakerHandler;
 
 use serde::Serialize;
+use spotcheck_control::ec2::CheckpointScope;
 use spotcheck_control::events::{parse_event, Event, Parsed};
-use spotcheck_control::outputs::{EventEntry, OutputEvent};
-use spotcheck_control::{Decision, Policy, PriceTable, Timestamp};
+use spotcheck_control::outputs::{malformed_event_metrics, EventEntry, OutputEvent};
+use spotcheck_control::{
+    CheckpointSummary, Decision, Policy, PriceTable, Tags, Timestamp, Validation,
+};
 
-use crate::checkpoints::{CheckpointValidation, ValidationOptions};
+use crate::checkpoints::{
+    validate_checkpoints, CheckpointStore, CheckpointValidation, ValidationError, ValidationOptions,
+};
 use crate::continuation::TemplateError;
 use crate::error::AwsError;
 use crate::events::EventSink;
 use crate::ledger::{keys, Ledger, Written};
+use crate::sagemaker::TrainingJobs;
 
 /// What the handlers need besides their adapters.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +67,9 @@ pub struct HandlerConfig {
     pub prices: PriceTable,
     /// Checkpoint validation knobs.
     pub validation: ValidationOptions,
+    /// The stack's checkpoint location (`CheckpointBucket`/`CheckpointPrefix`): an EC2 run's
+    /// `spotcheck:checkpoint-uri` must lie under it. `None`: not checked.
+    pub checkpoint_scope: Option<CheckpointScope>,
 }
 
 impl HandlerConfig {
@@ -67,6 +79,7 @@ impl HandlerConfig {
             policy,
             prices: PriceTable::builtin(),
             validation: ValidationOptions::default(),
+            checkpoint_scope: None,
         }
     }
 }
@@ -202,6 +215,18 @@ struct Journal {
     effects: Vec<String>,
     error: Option<String>,
     retryable: Option<bool>,
+    /// The lineage (or EC2 run) the subject belongs to, for the ledger records; not logged.
+    #[serde(skip)]
+    lineage: Option<LineageRef>,
+}
+
+/// Where a ledger record's subject stands: its lineage's root (an EC2 run's name) and its
+/// attempt, so that a report attributes every record without another lookup.
+#[derive(Clone, Debug, Serialize)]
+struct LineageRef {
+    root: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 impl Journal {
@@ -220,6 +245,7 @@ impl Journal {
             effects: Vec::new(),
             error: None,
             retryable: None,
+            lineage: None,
         }
     }
 
@@ -260,13 +286,16 @@ impl Journal {
     }
 }
 
-/// A ledger record: what happened, when it was recorded, and the fact itself.
+/// A ledger record: what happened, when it was recorded, the lineage it belongs to (when known),
+/// and the fact itself.
 #[derive(Serialize)]
 struct LedgerEntry<'a, T: Serialize> {
     kind: &'static str,
     recorded_at: String,
     event_key: Option<&'a str>,
     reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lineage: Option<&'a LineageRef>,
     #[serde(flatten)]
     record: T,
 }
@@ -278,18 +307,27 @@ impl<'a, T: Serialize> LedgerEntry<'a, T> {
             recorded_at: now.to_rfc3339(),
             event_key: journal.event_key.as_deref(),
             reason: journal.reason.as_deref().unwrap_or(""),
+            lineage: journal.lineage.as_ref(),
             record,
         }
     }
 }
 
 /// Step 1 of both handlers: the event, or — for a malformed or irrelevant one — the outcome
-/// that acknowledges it (the journal says why). Sets the journal's event key.
-fn parse_relevant(bytes: &[u8], j: &mut Journal) -> Result<Event, Outcome> {
+/// that acknowledges it (the journal says why). Sets the journal's event key. A malformed event
+/// is also counted (EMF metric `MalformedEvents`), so that a producer that changed its shape is
+/// seen on a dashboard rather than only in the logs.
+fn parse_relevant(
+    bytes: &[u8],
+    j: &mut Journal,
+    now: Timestamp,
+    log: &impl LogSink,
+) -> Result<Event, Outcome> {
     match parse_event(bytes) {
         Err(e) => {
             j.event_key = e.event_id().map(str::to_owned);
             j.reason = Some(format!("malformed event, acknowledged: {e}"));
+            log.line(&malformed_event_metrics(j.function, now));
             Err(Outcome::Malformed)
         }
         Ok(Parsed::Irrelevant(other)) => {
@@ -323,15 +361,58 @@ async fn write_record<L: Ledger>(
     Ok(written)
 }
 
-/// Records a validation that found corrupt checkpoints (ledger + "Checkpoint Validation
-/// Failed"); the entry is appended to `events` for publishing after the action.
-async fn record_corrupt<L: Ledger>(
+/// The checkpoint step of both handlers: validates `uri` for the decision and keeps the
+/// validation in the journal. A failure retrying cannot fix (AccessDenied — the URI lies
+/// outside what the role may read —, no such bucket, a URI that is not `s3://`) is noted in the
+/// journal and yields a [`Validation::Unavailable`] summary: the decision goes on without one.
+/// Transient failures are errors, so the event is retried.
+async fn validate_for_decision<C: CheckpointStore + Sync>(
+    store: &C,
+    uri: &str,
+    options: ValidationOptions,
+    journal: &mut Journal,
+) -> Result<CheckpointSummary, HandlerError> {
+    match validate_checkpoints(store, uri, options).await {
+        Ok(validation) => {
+            let summary = validation.summary.clone();
+            journal.checkpoints = Some(validation);
+            Ok(summary)
+        }
+        Err(ValidationError::Aws(e)) if e.is_transient() => Err(e.into()),
+        Err(e) => {
+            journal.checkpoint_error = Some(e.to_string());
+            Ok(CheckpointSummary::not_judged(Validation::Unavailable))
+        }
+    }
+}
+
+/// What `checkpoint-validations/<name>/unavailable.json` holds.
+#[derive(Serialize)]
+struct Unavailable<'a> {
+    uri: &'a str,
+    error: &'a str,
+}
+
+/// Records what the checkpoint step found that needs attention: checkpoints that could not be
+/// validated (ledger, once per job or run), and corrupt ones (ledger + "Checkpoint Validation
+/// Failed", whose entry is appended to `events` for publishing after the action).
+async fn record_validation<L: Ledger>(
     ledger: &L,
     journal: &mut Journal,
     name: &str,
+    uri: Option<&str>,
     now: Timestamp,
     events: &mut Vec<EventEntry>,
 ) -> Result<(), HandlerError> {
+    if let (Some(error), Some(uri)) = (journal.checkpoint_error.clone(), uri) {
+        let body = serde_json::to_vec(&LedgerEntry::new(
+            "checkpoint_validation_unavailable",
+            now,
+            journal,
+            Unavailable { uri, error: &error },
+        ))?;
+        write_record(ledger, journal, &keys::checkpoint_unavailable(name), body).await?;
+    }
     let Some(validation) = journal.checkpoints.clone() else {
         return Ok(());
     };
@@ -353,6 +434,22 @@ async fn record_corrupt<L: Ledger>(
     write_record(ledger, journal, &key, body).await?;
     events.push(event.entry()?);
     Ok(())
+}
+
+/// After CreateTrainingJob answered `ResourceInUse` for `name`: the existing job's tags, for
+/// the plan to recognise (or not) as its own. A job spotcheck may not describe (the grant
+/// requires `spotcheck:enabled=true`) is certainly not one spotcheck created: its tags are
+/// empty. One that vanished since is a transient state: the retry will see.
+async fn existing_job_tags<J: TrainingJobs>(jobs: &J, name: &str) -> Result<Tags, HandlerError> {
+    match jobs.describe(name).await {
+        Ok(described) => {
+            let arn = described.facts.arn.clone().unwrap_or_default();
+            Ok(jobs.list_tags(&arn).await?)
+        }
+        Err(e) if e.kind == crate::error::ErrorKind::AccessDenied => Ok(Tags::new()),
+        Err(e) if e.kind == crate::error::ErrorKind::NotFound => Err(HandlerError::Transient(e)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Publishes the entries (if any) and notes each.

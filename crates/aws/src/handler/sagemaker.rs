@@ -10,34 +10,52 @@
 //! 3. DescribeTrainingJob: the authoritative state (events are duplicated, late, out of order).
 //!    AccessDenied → not opted in as far as IAM is concerned: acknowledged.
 //! 4. For a Stopped or Failed job with a `CheckpointConfig`, unless the event is stale: validate
-//!    its checkpoint prefix.
+//!    its checkpoint prefix. One that cannot be validated (AccessDenied, not `s3://`…) is
+//!    recorded and the decision goes on without a summary, as in the EC2 handler.
 //! 5. `decide`.
-//! 6. Act: CreateTrainingJob (relaunch), ledger records (savings per job and per lineage,
-//!    interruptions, user stops, give-ups, corrupt checkpoints), then events and EMF lines.
+//! 6. Act: CreateTrainingJob (relaunch; on `ResourceInUse` the existing job's
+//!    `spotcheck:parent`/`root` decide between "already relaunched" and a name collision, which
+//!    is recorded and announced as a give-up), ledger records (savings per job and per lineage,
+//!    interruptions, user stops, give-ups, corrupt or unavailable checkpoints), then events and
+//!    EMF lines.
 //!
 //! A lineage summary needs every attempt's times: it describes the root (attempt 1, named by
 //! `spotcheck:root`) and each deterministic relaunch name `relaunch_name(root, a)` for
-//! `a = 2..attempt`; an attempt that cannot be described is listed as skipped.
+//! `a = 2..attempt`, and lists each one's tags (its attempt number and resume step, for the
+//! summary's attempt facts); an attempt that cannot be described is listed as skipped.
 
+use serde::Serialize;
 use spotcheck_control::decision::staleness;
 use spotcheck_control::events::Signal;
 use spotcheck_control::naming::relaunch_name;
 use spotcheck_control::outputs::{job_savings_metrics, lineage_savings_metrics, OutputEvent};
-use spotcheck_control::savings::{job_savings, lineage_savings, SkippedJob};
+use spotcheck_control::savings::{
+    attempt_facts, job_savings, lineage_savings, AttemptFacts, SkippedJob,
+};
 use spotcheck_control::status::TrainingJobStatus;
 use spotcheck_control::{
-    decide, Action, CheckpointSummary, DecisionInput, JobFacts, Record, Tags, Timestamp,
+    decide, Action, CheckpointSummary, Decision, DecisionInput, GiveUp, GiveUpCause, JobFacts,
+    Record, Tags, Timestamp,
 };
 
 use super::{
-    parse_relevant, publish, record_corrupt, write_record, Handled, HandlerConfig, HandlerError,
-    Journal, LedgerEntry, LogSink, Outcome,
+    existing_job_tags, parse_relevant, publish, record_validation, validate_for_decision,
+    write_record, Handled, HandlerConfig, HandlerError, Journal, LedgerEntry, LineageRef, LogSink,
+    Outcome,
 };
-use crate::checkpoints::{validate_checkpoints, CheckpointStore, ValidationError};
+use crate::checkpoints::CheckpointStore;
 use crate::error::ErrorKind;
 use crate::events::EventSink;
 use crate::ledger::{keys, Ledger, Written};
 use crate::sagemaker::{relaunch_request, Created, TrainingJobs};
+
+/// A give-up record: the decision's payload and the facts of the job that gave up.
+#[derive(Serialize)]
+struct GaveUpRecord<'a> {
+    #[serde(flatten)]
+    give_up: &'a spotcheck_control::GiveUp,
+    job: AttemptFacts,
+}
 
 /// The handler of the `sagemaker-events` function, generic over its four adapters.
 #[derive(Clone, Debug)]
@@ -90,7 +108,7 @@ where
         j: &mut Journal,
         log: &impl LogSink,
     ) -> Result<Outcome, HandlerError> {
-        let event = match parse_relevant(bytes, j) {
+        let event = match parse_relevant(bytes, j, now, log) {
             Ok(event) => event,
             Err(acknowledged) => return Ok(acknowledged),
         };
@@ -158,18 +176,12 @@ where
         // 4. Checkpoints, when the decision can depend on them (not for a stale event, which
         //    the engine ignores whatever they hold).
         let mut summary = CheckpointSummary::default();
+        let mut validated_uri = None;
         if needs_checkpoints(&facts) && staleness(event_job, &facts).is_none() {
             if let Some(uri) = facts.checkpoint_uri() {
-                match validate_checkpoints(&self.checkpoints, uri, self.config.validation).await {
-                    Ok(validation) => {
-                        summary = validation.summary.clone();
-                        j.checkpoints = Some(validation);
-                    }
-                    Err(ValidationError::Aws(e)) => return Err(e.into()),
-                    // SageMaker also accepts https:// checkpoint URIs; the engine then decides
-                    // without a summary, and the relaunch keeps the same CheckpointConfig.
-                    Err(e @ ValidationError::BadUri(_)) => j.checkpoint_error = Some(e.to_string()),
-                }
+                summary = validate_for_decision(&self.checkpoints, uri, self.config.validation, j)
+                    .await?;
+                validated_uri = Some(uri.to_owned());
             }
         }
 
@@ -191,6 +203,10 @@ where
         };
         let decision = decide(&input);
         j.decided(&decision);
+        j.lineage = Some(LineageRef {
+            root: input.lineage.root.clone(),
+            attempt: Some(input.lineage.attempt),
+        });
 
         // 6. Act; then records; then events.
         let mut events = Vec::new();
@@ -198,28 +214,49 @@ where
             Action::Ignore => Outcome::Ignored,
             Action::Relaunch(plan) => {
                 let request = relaunch_request(&described.output, plan);
-                let outcome = match self.jobs.create(request).await? {
+                match self.jobs.create(request).await? {
                     Created::New { arn } => {
                         j.effect(format!("created {} ({arn})", plan.job_name));
+                        events.extend(OutputEvent::from_decision(&decision).map(|e| e.entry()));
                         Outcome::Relaunched
                     }
                     Created::AlreadyExists => {
-                        j.effect(format!(
-                            "{} already exists: an earlier delivery created it",
-                            plan.job_name
-                        ));
-                        Outcome::AlreadyRelaunched
+                        let existing = existing_job_tags(&self.jobs, &plan.job_name).await?;
+                        match plan.check_existing(&existing) {
+                            Ok(()) => {
+                                j.effect(format!(
+                                    "{} already exists: an earlier delivery created it",
+                                    plan.job_name
+                                ));
+                                events.extend(
+                                    OutputEvent::from_decision(&decision).map(|e| e.entry()),
+                                );
+                                Outcome::AlreadyRelaunched
+                            }
+                            Err(collision) => {
+                                let gave_up = Decision {
+                                    action: Action::GiveUp(GiveUp {
+                                        job_name: plan.parent.clone(),
+                                        root: plan.root.clone(),
+                                        attempt: plan.attempt.saturating_sub(1),
+                                        cause: GiveUpCause::NameCollision,
+                                    }),
+                                    reason: format!(
+                                        "{}; not relaunched: {collision}",
+                                        decision.reason
+                                    ),
+                                    event_key: decision.event_key.clone(),
+                                };
+                                j.effect(collision);
+                                self.give_up(&gave_up, &facts, now, j, &mut events).await?;
+                                Outcome::GaveUp
+                            }
+                        }
                     }
-                };
-                events.extend(OutputEvent::from_decision(&decision).map(|e| e.entry()));
-                outcome
+                }
             }
-            Action::GiveUp(give_up) => {
-                let body =
-                    serde_json::to_vec(&LedgerEntry::new("recovery_gave_up", now, j, give_up))?;
-                let key = keys::give_up(&give_up.root, &give_up.job_name);
-                write_record(&self.ledger, j, &key, body).await?;
-                events.extend(OutputEvent::from_decision(&decision).map(|e| e.entry()));
+            Action::GiveUp(_) => {
+                self.give_up(&decision, &facts, now, j, &mut events).await?;
                 Outcome::GaveUp
             }
             Action::Record(record) => {
@@ -228,9 +265,45 @@ where
             }
         };
         let mut events: Vec<_> = events.into_iter().collect::<Result<_, _>>()?;
-        record_corrupt(&self.ledger, j, &name, now, &mut events).await?;
+        record_validation(
+            &self.ledger,
+            j,
+            &name,
+            validated_uri.as_deref(),
+            now,
+            &mut events,
+        )
+        .await?;
         publish(&self.events, j, events).await?;
         Ok(outcome)
+    }
+
+    /// Records a give-up decision (`give-ups/<root>/<job>.json`, its reason the decision's) and
+    /// queues its "Recovery Gave Up".
+    async fn give_up(
+        &self,
+        decision: &Decision,
+        facts: &JobFacts,
+        now: Timestamp,
+        j: &mut Journal,
+        events: &mut Vec<Result<spotcheck_control::outputs::EventEntry, serde_json::Error>>,
+    ) -> Result<(), HandlerError> {
+        let Action::GiveUp(give_up) = &decision.action else {
+            return Ok(());
+        };
+        // The job's own facts: what the attempt that ends the lineage ran and cost.
+        let record = GaveUpRecord {
+            give_up,
+            job: attempt_facts(facts, &self.config.prices),
+        };
+        let body = serde_json::to_vec(&LedgerEntry {
+            reason: &decision.reason,
+            ..LedgerEntry::new("recovery_gave_up", now, j, record)
+        })?;
+        let key = keys::give_up(&give_up.root, &give_up.job_name);
+        write_record(&self.ledger, j, &key, body).await?;
+        events.extend(OutputEvent::from_decision(decision).map(|e| e.entry()));
+        Ok(())
     }
 
     async fn record(
@@ -300,6 +373,20 @@ where
         }
     }
 
+    /// `facts` with the job's tags (DescribeTrainingJob returns none): its attempt number and
+    /// resume step, for the lineage summary's attempt facts. A job whose tags cannot be read
+    /// (gone, or not opted in) keeps its facts without them.
+    async fn with_tags(&self, facts: JobFacts) -> Result<JobFacts, HandlerError> {
+        let Some(arn) = facts.arn.clone() else {
+            return Ok(facts);
+        };
+        match self.jobs.list_tags(&arn).await {
+            Ok(tags) => Ok(facts.with_tags(&tags)),
+            Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => Ok(facts),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The facts of every attempt of a lineage, from the deterministic names (see the module
     /// doc); attempts that cannot be described are returned as skipped.
     async fn lineage_jobs(
@@ -320,7 +407,7 @@ where
                 continue;
             }
             match self.jobs.describe(&name).await {
-                Ok(described) => jobs.push(described.facts),
+                Ok(described) => jobs.push(self.with_tags(described.facts).await?),
                 Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::AccessDenied) => {
                     skipped.push(SkippedJob {
                         job_name: name,

@@ -12,6 +12,8 @@ use spotcheck_aws::checkpoints::ValidationError;
 use spotcheck_aws::{validate_checkpoints, CheckpointValidation, ErrorKind, ValidationOptions};
 use spotcheck_protocol::{CheckpointWriter, Status, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 
+use spotcheck_control::Validation;
+
 use crate::fakes::FakeStore;
 
 pub const BUCKET: &str = "ckpt-bucket";
@@ -577,4 +579,117 @@ async fn an_empty_prefix_a_bad_uri_and_failing_calls() {
     }
     // And with the failures spent, the same prefix validates.
     assert_eq!(validate(&store).await.summary.latest_valid_step, Some(1200));
+}
+
+/// Regression: a prefix of another library's checkpoints (no spotcheck manifest anywhere) read
+/// as "no valid checkpoint", as if the job had none.
+#[tokio::test]
+async fn checkpoints_without_any_spotcheck_directory_are_an_unknown_format() {
+    let store = FakeStore::default();
+    // Hugging Face Trainer, and a plain torch.save, with SageMaker's upload markers.
+    for key in [
+        "runs/train/checkpoint-500/pytorch_model.bin",
+        "runs/train/checkpoint-500/trainer_state.json",
+        "runs/train/checkpoint-500/trainer_state.json.sagemaker-uploaded",
+        "runs/train/model.pt",
+    ] {
+        store.put(BUCKET, key, b"data");
+    }
+    let v = validate(&store).await;
+    assert_eq!(v.summary.validation, Validation::UnknownFormat);
+    assert_eq!(v.summary.latest_valid_step, None);
+    assert!(v.checkpoints.is_empty());
+    assert_eq!(store.calls.get("ListObjectsV2"), 1);
+    assert_eq!(store.calls.total(), 1, "nothing to GET or HEAD");
+
+    // Nothing at all, or only markers: judged, and nothing is valid.
+    let empty = FakeStore::default();
+    empty.put(BUCKET, "runs/train/x.bin.sagemaker-uploading", b"");
+    empty.put(BUCKET, "runs/other/model.pt", b"elsewhere");
+    assert_eq!(
+        validate(&empty).await.summary.validation,
+        Validation::Judged
+    );
+
+    // One spotcheck checkpoint directory, even a torn one, makes it spotcheck's: judged.
+    store.put(BUCKET, &key(1200, "model.safetensors"), b"torn");
+    let v = validate(&store).await;
+    assert_eq!(v.summary.validation, Validation::Judged);
+    assert_eq!(v.checkpoints.len(), 1);
+}
+
+/// A job commit for `step` naming the two hosts' uploaded manifests.
+fn put_commit(store: &FakeStore, step: u64) {
+    let participants: Vec<spotcheck_protocol::Participant> = ["algo-1", "algo-2"]
+        .iter()
+        .enumerate()
+        .map(|(rank, ns)| {
+            let key = format!("{PREFIX}{ns}/step-{step:012}/{MANIFEST_FILE}");
+            let bytes = store.objects.lock().unwrap()[&(BUCKET.to_owned(), key)]
+                .bytes
+                .clone();
+            spotcheck_protocol::Participant {
+                rank: rank as u32,
+                namespace: (*ns).into(),
+                manifest_sha256: spotcheck_protocol::manifest_digest(&bytes),
+            }
+        })
+        .collect();
+    let commit = spotcheck_protocol::JobCommit {
+        format_version: spotcheck_protocol::COMMIT_FORMAT_VERSION,
+        step,
+        world_size: 2,
+        created_at_ms: 1,
+        meta: None,
+        participants,
+    };
+    put_file_at(
+        store,
+        URI,
+        &spotcheck_protocol::commit_file_name(step),
+        &commit.to_json_bytes().unwrap(),
+    );
+}
+
+#[tokio::test]
+async fn a_step_missing_or_torn_on_one_host_is_incomplete_in_s3_too() {
+    let store = FakeStore::default();
+    for step in [100, 200, 300] {
+        put_checkpoint(&store, "algo-1", step, false);
+        put_checkpoint(&store, "algo-2", step, false);
+        put_commit(&store, step);
+    }
+    // algo-2's step 300 lost its optimizer state (its upload never finished), and step 200 of
+    // algo-1 was overwritten after the commit (another manifest than the one it names).
+    store.objects.lock().unwrap().remove(&(
+        BUCKET.to_owned(),
+        format!("{PREFIX}algo-2/step-000000000300/optimizer.safetensors"),
+    ));
+    put_checkpoint(&store, "algo-1", 200, true);
+    // A newer checkpoint of one host alone, never committed, does not count either.
+    put_checkpoint(&store, "algo-1", 400, false);
+
+    let v = validate(&store).await;
+    assert_eq!(v.summary.latest_valid_step, Some(100), "{v:#?}");
+    assert_eq!(v.latest_valid.as_deref(), Some("commit-000000000100.json"));
+    assert_eq!(v.incomplete_steps.len(), 2, "{v:#?}");
+    let problems = |i: usize| match &v.incomplete_steps[i].verdict {
+        spotcheck_protocol::StepVerdict::Incomplete { problems } => problems.join("; "),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(v.incomplete_steps[0].step, 300);
+    assert!(problems(0).contains("algo-2"), "{}", problems(0));
+    assert_eq!(v.incomplete_steps[1].step, 200);
+    assert!(
+        problems(1).contains("not the one the commit names"),
+        "{}",
+        problems(1)
+    );
+    // Judged from manifests and HEADs only: no data object was read.
+    let gets = store.gets.lock().unwrap().clone();
+    assert!(
+        gets.iter()
+            .all(|k| k.ends_with(MANIFEST_FILE) || k.contains("commit-")),
+        "{gets:?}"
+    );
 }

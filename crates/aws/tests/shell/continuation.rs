@@ -36,8 +36,9 @@ fn invalid(value: &Value) -> String {
 
 pub fn plan(checkpoint_uri: Option<&str>) -> ContinuationPlan {
     ContinuationPlan {
-        name: continuation_name("llm-sft", "i-0b1c2d3e4f5a6b7c8"),
+        name: continuation_name("llm-sft", 1),
         run: "llm-sft".into(),
+        generation: 1,
         instance_id: "i-0b1c2d3e4f5a6b7c8".into(),
         continue_on: "s3://templates/llm-sft.json".into(),
         checkpoint_uri: checkpoint_uri.map(str::to_owned),
@@ -81,13 +82,14 @@ fn every_template_field_reaches_the_request_with_the_plan_applied() {
         ("spotcheck:root", plan.name.as_str()),
         ("spotcheck:attempt", "1"),
         ("spotcheck:run", "llm-sft"),
+        ("spotcheck:generation", "1"),
         ("spotcheck:parent", "i-0b1c2d3e4f5a6b7c8"),
         ("spotcheck:resume-step", "1200"),
     ]
     .into_iter()
     .collect();
     assert_eq!(tags_of(&request), expected);
-    assert_eq!(request.tags().len(), 8, "no key twice");
+    assert_eq!(request.tags().len(), 9, "no key twice");
 
     // The template, as written.
     let algo = request.algorithm_specification().unwrap();
@@ -271,7 +273,7 @@ fn a_minimal_template_is_enough() {
         .unwrap();
     assert_eq!(request.input_data_config(), []);
     assert_eq!(request.vpc_config(), None);
-    assert_eq!(request.tags().len(), 6);
+    assert_eq!(request.tags().len(), 7, "the lineage tags alone");
 }
 
 #[test]

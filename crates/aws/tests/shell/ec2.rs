@@ -92,7 +92,7 @@ async fn a_warning_continues_the_run_as_a_managed_spot_job_from_its_checkpoints(
     let handled = handle(&h, TERMINATE, &log).await.unwrap();
     assert_eq!(handled.outcome, Outcome::Relaunched);
     let plan = plan_of(&handled);
-    let name = continuation_name("llm-sft", INSTANCE);
+    let name = continuation_name("llm-sft", 1);
     assert_eq!(plan.name, name);
 
     // The request: exactly the pure function's, from the template the handler read.
@@ -119,6 +119,7 @@ async fn a_warning_continues_the_run_as_a_managed_spot_job_from_its_checkpoints(
     assert_eq!(tags.get("spotcheck:enabled"), Some("true"));
     assert_eq!(tags.get("spotcheck:root"), Some(name.as_str()));
     assert_eq!(tags.get("spotcheck:run"), Some("llm-sft"));
+    assert_eq!(tags.get("spotcheck:generation"), Some("1"));
     assert_eq!(tags.get("spotcheck:parent"), Some(INSTANCE));
     assert_eq!(tags.get("spotcheck:resume-step"), Some("1200"));
 
@@ -165,7 +166,7 @@ async fn a_duplicate_warning_asks_for_the_same_name_and_creates_nothing_more() {
     handle(&h, TERMINATE, &log).await.unwrap();
     let again = handle(&h, TERMINATE, &log).await.unwrap();
     assert_eq!(again.outcome, Outcome::AlreadyRelaunched);
-    let name = continuation_name("llm-sft", INSTANCE);
+    let name = continuation_name("llm-sft", 1);
     assert_eq!(
         *h.jobs.requested.lock().unwrap(),
         [name.clone(), name.clone()]
@@ -217,7 +218,7 @@ async fn without_a_template_the_warning_is_only_recorded_or_the_plan_published()
         ["Training Run Continuation Planned"]
     );
     let detail = h.events.detail(0);
-    assert_eq!(detail["name"], continuation_name("llm-sft", INSTANCE));
+    assert_eq!(detail["name"], continuation_name("llm-sft", 1));
     assert_eq!(detail["continue_on"], "on-demand");
     assert_eq!(detail["latest_valid_step"], 1200);
     assert!(detail.get("job_arn").is_none());
@@ -364,6 +365,11 @@ async fn denied_checkpoint_reads_are_recorded_and_the_run_still_continues() {
         .inject("ListObjectsV2", ErrorKind::AccessDenied);
     let handled = handle(&h, TERMINATE, &MemoryLog::default()).await.unwrap();
     assert_eq!(handled.outcome, Outcome::Relaunched);
+    // Recorded as in the SageMaker handler, and in the interruption record.
+    let unavailable = h
+        .ledger
+        .json("checkpoint-validations/llm-sft/unavailable.json");
+    assert_eq!(unavailable["uri"], URI);
     let record = h.ledger.json(RECORD_KEY);
     assert!(record["checkpoint_error"]
         .as_str()
@@ -453,6 +459,9 @@ async fn malformed_and_irrelevant_events_are_acknowledged_without_a_call() {
         assert_eq!(handled.decision, None);
         log.decision(i + 1);
     }
+    let metrics = log.metric_lines();
+    assert_eq!(metrics.len(), 2, "the two malformed events are counted");
+    assert!(metrics.iter().all(|m| m["Function"] == "ec2-spot-events"));
     assert_eq!(h.instances.calls.total(), 0);
     assert_eq!(h.jobs.calls.total(), 0);
     assert_eq!(h.checkpoints.calls.total(), 0);
@@ -521,7 +530,7 @@ async fn transient_failures_are_retried_and_refusals_dead_lettered() {
 
 #[tokio::test]
 async fn without_a_valid_checkpoint_the_policy_decides_whether_the_run_continues() {
-    let name = continuation_name("llm-sft", INSTANCE);
+    let name = continuation_name("llm-sft", 1);
     let give_up_key = format!("give-ups/llm-sft/{name}.json");
 
     // Default policy (restart-from-scratch): continued, with no resume step.
@@ -601,4 +610,168 @@ async fn a_finished_run_is_not_continued() {
         .as_str()
         .unwrap()
         .contains("marks training finished"));
+}
+
+/// The warning for another instance of `RUN`.
+fn terminate_for(instance: &str) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(&event(TERMINATE)).unwrap();
+    value["detail"]["instance-id"] = Value::from(instance);
+    value["id"] = Value::from(format!("warning-for-{instance}"));
+    serde_json::to_vec(&value).unwrap()
+}
+
+fn tag_instance(h: &Handler, instance: &str, tags: &[(&str, &str)]) {
+    h.instances
+        .tags
+        .lock()
+        .unwrap()
+        .insert(instance.into(), tags.iter().copied().collect());
+}
+
+/// Regression: the continuation was named from the instance, so a reclaimed multi-instance
+/// run (or an Auto Scaling group's replacement) became one SageMaker job per instance.
+#[tokio::test]
+async fn the_instances_of_one_run_continue_it_once_and_the_next_generation_again() {
+    let h = continuable();
+    for other in ["i-0000000000000000b", "i-0000000000000000c"] {
+        tag_instance(&h, other, RUN);
+    }
+    let log = MemoryLog::default();
+    let first = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Relaunched);
+    for other in ["i-0000000000000000b", "i-0000000000000000c"] {
+        let handled = h.handle(&terminate_for(other), now(), &log).await.unwrap();
+        assert_eq!(handled.outcome, Outcome::AlreadyRelaunched, "{other}");
+        assert_eq!(plan_of(&handled).name, plan_of(&first).name);
+    }
+    let gen1 = continuation_name("llm-sft", 1);
+    assert_eq!(
+        h.jobs.created_names(),
+        [gen1.as_str()],
+        "one job for the run"
+    );
+    // Each instance's interruption is recorded on its own.
+    assert_eq!(h.ledger.keys().len(), 3);
+
+    // The continued run's own instances carry generation 1: their reclaim continues it again.
+    let next: Vec<(&str, &str)> = RUN
+        .iter()
+        .copied()
+        .chain([("spotcheck:generation", "1")])
+        .collect();
+    tag_instance(&h, "i-0000000000000000d", &next);
+    let handled = h
+        .handle(&terminate_for("i-0000000000000000d"), now(), &log)
+        .await
+        .unwrap();
+    assert_eq!(handled.outcome, Outcome::Relaunched);
+    let gen2 = continuation_name("llm-sft", 2);
+    assert_eq!(h.jobs.created_names(), [gen1, gen2.clone()]);
+    let request = h.jobs.created.lock().unwrap()[1].clone();
+    assert!(request.tags().iter().any(|t| {
+        t.key.as_deref() == Some("spotcheck:generation") && t.value.as_deref() == Some("2")
+    }));
+}
+
+/// Regression: ResourceInUse was "already done" even when the name belonged to another job.
+#[tokio::test]
+async fn a_continuation_name_held_by_another_job_is_a_collision() {
+    let h = continuable();
+    let name = continuation_name("llm-sft", 1);
+    let squatter =
+        aws_sdk_sagemaker::operation::describe_training_job::DescribeTrainingJobOutput::builder()
+            .training_job_name(&name)
+            .training_job_arn(arn(&name))
+            .build();
+    // The same run but an earlier generation's job, say, renamed by hand: not this plan's.
+    h.jobs.add(
+        squatter,
+        &[("spotcheck:enabled", "true"), ("spotcheck:run", "llm-sft")],
+    );
+    let log = MemoryLog::default();
+    let handled = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(handled.outcome, Outcome::GaveUp);
+    assert!(h.jobs.created_names().is_empty());
+    let key = format!("give-ups/llm-sft/{name}.json");
+    assert_eq!(h.ledger.keys(), [key.clone(), RECORD_KEY.to_owned()]);
+    let record = h.ledger.json(&key);
+    assert_eq!(record["cause"], "name_collision");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("its spotcheck:generation is absent"),
+        "{record}"
+    );
+    assert_eq!(h.events.detail_types(), ["Recovery Gave Up"]);
+    assert_eq!(log.decision(1)["outcome"], "gave_up");
+}
+
+/// Regression: an instance's spotcheck:checkpoint-uri could name any bucket, and the
+/// continuation job would sync there with the training role's access.
+#[tokio::test]
+async fn a_checkpoint_uri_outside_the_stacks_location_is_refused_and_recorded() {
+    let h = continuable();
+    let mut h = h;
+    h.config.checkpoint_scope = Some(spotcheck_control::ec2::CheckpointScope {
+        bucket: "somewhere-else".into(),
+        prefix: "checkpoints/".into(),
+    });
+    let log = MemoryLog::default();
+    let handled = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(handled.outcome, Outcome::GaveUp);
+    assert_eq!(h.jobs.calls.total(), 0, "nothing created");
+    assert!(
+        h.checkpoints.gets.lock().unwrap().is_empty(),
+        "neither checkpoints nor template read"
+    );
+    assert_eq!(h.checkpoints.calls.get("ListObjectsV2"), 0);
+    let name = continuation_name("llm-sft", 1);
+    let give_up = h.ledger.json(&format!("give-ups/llm-sft/{name}.json"));
+    assert_eq!(give_up["cause"], "not_permitted");
+    assert!(
+        give_up["reason"]
+            .as_str()
+            .unwrap()
+            .contains("outside the stack's checkpoint location s3://somewhere-else/checkpoints/"),
+        "{give_up}"
+    );
+    let record = h.ledger.json(RECORD_KEY);
+    assert!(record["checkpoint_error"]
+        .as_str()
+        .unwrap()
+        .contains("not read"));
+    assert_eq!(h.events.detail_types(), ["Recovery Gave Up"]);
+
+    // Inside the location: continued as before.
+    let mut h = continuable();
+    let (bucket, prefix) = URI.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    h.config.checkpoint_scope = Some(spotcheck_control::ec2::CheckpointScope {
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+    });
+    assert_eq!(
+        handle(&h, TERMINATE, &MemoryLog::default())
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Relaunched
+    );
+}
+
+#[tokio::test]
+async fn a_template_on_an_instance_type_the_operator_does_not_allow_is_refused() {
+    let mut h = continuable();
+    h.config.policy.allowed_instance_types = vec!["ml.g5.48xlarge".into()];
+    let log = MemoryLog::default();
+    let handled = handle(&h, TERMINATE, &log).await.unwrap();
+    assert_eq!(handled.outcome, Outcome::GaveUp);
+    assert_eq!(h.jobs.calls.get("CreateTrainingJob"), 0);
+    let name = continuation_name("llm-sft", 1);
+    let give_up = h.ledger.json(&format!("give-ups/llm-sft/{name}.json"));
+    assert_eq!(give_up["cause"], "not_permitted");
+    assert!(give_up["reason"]
+        .as_str()
+        .unwrap()
+        .contains("the operator allows only ml.g5.48xlarge"));
 }

@@ -184,6 +184,13 @@ impl TrainingJobs for FakeJobs {
             .training_job_status(TrainingJobStatus::InProgress)
             .build();
         jobs.insert(name.clone(), created);
+        // As SageMaker does, the job carries the request's tags from then on.
+        let tags: Tags = input
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key.clone()?, t.value.clone().unwrap_or_default())))
+            .collect();
+        self.tags.lock().unwrap().insert(arn(&name), tags);
         self.created.lock().unwrap().push(input);
         Ok(Created::New { arn: arn(&name) })
     }

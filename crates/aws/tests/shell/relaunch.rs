@@ -273,7 +273,10 @@ fn every_field_is_carried_over_and_the_plan_applied() {
     );
     assert_eq!(rc.instance_count, Some(2));
     assert_eq!(rc.volume_size_in_gb, Some(100));
-    assert_eq!(rc.volume_kms_key_id.as_deref(), Some("vol-key"));
+    assert_eq!(
+        rc.volume_kms_key_id, None,
+        "ml.g5 has local NVMe storage: SageMaker refuses a VolumeKmsKeyId there"
+    );
     assert_eq!(rc.keep_alive_period_in_seconds, Some(60));
     assert_eq!(rc.selected_instance_type, None, "SageMaker picks again");
     let sc = request.get_stopping_condition().clone().unwrap();
@@ -380,4 +383,114 @@ fn sparse_parent_gives_a_sparse_request() {
     assert_eq!(request.get_debug_rule_configurations(), &None);
     assert_eq!(request.get_resource_config(), &None);
     assert_eq!(request.get_vpc_config(), &None);
+}
+
+/// Regression: a relaunch down the ladder from an EBS type to one with local NVMe storage
+/// copied the parent's VolumeKmsKeyId, which CreateTrainingJob refuses there.
+#[test]
+fn the_volume_key_stays_on_ebs_types_and_goes_on_local_storage() {
+    let parent = fully_populated();
+    for (target, kept) in [
+        (None, true),
+        (Some("ml.p3.8xlarge"), true),
+        (Some("ml.g5.2xlarge"), false),
+        (Some("ml.p4d.24xlarge"), false),
+        (Some("ml.trn1.32xlarge"), false),
+    ] {
+        let request = relaunch_request(&parent, &plan(true, target));
+        let rc = request.get_resource_config().clone().unwrap();
+        assert_eq!(
+            rc.volume_kms_key_id.as_deref(),
+            kept.then_some("vol-key"),
+            "{target:?}"
+        );
+        request.build().unwrap();
+    }
+}
+
+/// Regression: fields DescribeTrainingJob fills in and CreateTrainingJob refuses were copied:
+/// a built-in algorithm's MetricDefinitions, and TrainingImage next to AlgorithmName.
+#[test]
+fn service_filled_algorithm_fields_are_left_out() {
+    let metrics = MetricDefinition::builder()
+        .name("validation:rmse")
+        .regex(".*validation-rmse:([0-9.]+).*")
+        .build();
+    let builtin = DescribeTrainingJobOutput::builder()
+        .training_job_name("xgb")
+        .algorithm_specification(
+            AlgorithmSpecification::builder()
+                .training_image(
+                    "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
+                )
+                .training_input_mode(TrainingInputMode::File)
+                .metric_definitions(metrics.clone())
+                .build(),
+        )
+        .build();
+    let spec = relaunch_request(&builtin, &plan(true, None))
+        .get_algorithm_specification()
+        .clone()
+        .unwrap();
+    assert_eq!(spec.metric_definitions, None);
+    assert_eq!(
+        spec.training_image.as_deref(),
+        builtin
+            .algorithm_specification()
+            .unwrap()
+            .training_image
+            .as_deref()
+    );
+
+    // The same image in script mode is a framework container: its metrics are the user's.
+    let script = DescribeTrainingJobOutput::builder()
+        .training_job_name("xgb")
+        .set_hyper_parameters(Some(map(&[("sagemaker_program", "train.py")])))
+        .set_algorithm_specification(builtin.algorithm_specification().cloned())
+        .build();
+    let spec = relaunch_request(&script, &plan(true, None))
+        .get_algorithm_specification()
+        .clone()
+        .unwrap();
+    assert_eq!(
+        spec.metric_definitions.as_deref(),
+        Some(&[metrics.clone()][..])
+    );
+
+    // A custom image keeps its metric definitions (fully_populated has none; add some).
+    let custom = DescribeTrainingJobOutput::builder()
+        .training_job_name("t")
+        .algorithm_specification(
+            AlgorithmSpecification::builder()
+                .training_image("123456789012.dkr.ecr.us-east-1.amazonaws.com/t:1")
+                .metric_definitions(metrics.clone())
+                .build(),
+        )
+        .build();
+    let spec = relaunch_request(&custom, &plan(true, None))
+        .get_algorithm_specification()
+        .clone()
+        .unwrap();
+    assert_eq!(spec.metric_definitions.as_deref(), Some(&[metrics][..]));
+
+    // AlgorithmName: Describe adds the algorithm's image; Create takes one or the other.
+    let by_name = DescribeTrainingJobOutput::builder()
+        .training_job_name("algo")
+        .algorithm_specification(
+            AlgorithmSpecification::builder()
+                .algorithm_name("arn:aws:sagemaker:us-east-1:123456789012:algorithm/my-algo")
+                .training_image("382416733822.dkr.ecr.us-east-1.amazonaws.com/my-algo:1")
+                .training_input_mode(TrainingInputMode::File)
+                .build(),
+        )
+        .build();
+    let spec = relaunch_request(&by_name, &plan(true, None))
+        .get_algorithm_specification()
+        .clone()
+        .unwrap();
+    assert_eq!(spec.training_image, None);
+    assert_eq!(
+        spec.algorithm_name.as_deref(),
+        Some("arn:aws:sagemaker:us-east-1:123456789012:algorithm/my-algo")
+    );
 }

@@ -128,6 +128,7 @@ async fn malformed_and_irrelevant_events_are_acknowledged_without_a_call() {
             Outcome::Malformed,
             "malformed",
         ),
+        ("sagemaker-no-status.json", Outcome::Malformed, "malformed"),
         (
             "unrelated-scheduled-event.json",
             Outcome::Irrelevant,
@@ -176,7 +177,42 @@ async fn malformed_and_irrelevant_events_are_acknowledged_without_a_call() {
         lines[3]["event_key"],
         "4abe2cd6-5f91-4c99-b160-9e7cd56b647f"
     );
+    // Each malformed event is counted once, as an EMF metric of this function.
+    let metrics = log.metric_lines();
+    assert_eq!(
+        metrics.len(),
+        5,
+        "one per malformed event, none for irrelevant ones"
+    );
+    for m in &metrics {
+        assert_eq!(m["Function"], "sagemaker-events");
+        assert_eq!(m["MalformedEvents"], 1);
+        let cw = &m["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Namespace"], "Spotcheck");
+        assert_eq!(cw["Metrics"][0]["Name"], "MalformedEvents");
+        assert_eq!(cw["Dimensions"], json!([["Function"]]));
+    }
     untouched(&h);
+}
+
+/// Regression: a detail field of an unexpected shape turned a real event into "malformed".
+#[tokio::test]
+async fn an_odd_detail_field_does_not_make_a_real_event_malformed() {
+    let h = spot_lost();
+    let mut value: Value =
+        serde_json::from_slice(&event("sagemaker-stopped-maxwait.json")).unwrap();
+    value["detail"]["ResourceConfig"] = json!(["ml.p3.2xlarge"]);
+    value["detail"]["Tags"] = json!("spotcheck:enabled=true");
+    value["detail"]["SecondaryStatusTransitions"] = json!(null);
+    value["detail"]["CreationTime"] = json!({"unexpected": true});
+    let log = MemoryLog::default();
+    let handled = h
+        .handle(&serde_json::to_vec(&value).unwrap(), now(), &log)
+        .await
+        .unwrap();
+    assert_eq!(handled.outcome, Outcome::Relaunched);
+    assert_eq!(h.jobs.created_names(), [relaunch_name(ROOT, 2)]);
+    assert_eq!(log.metrics(), 0, "not counted as malformed");
 }
 
 #[tokio::test]
@@ -348,7 +384,8 @@ async fn relaunch_carries_the_parent_over_and_applies_the_plan() {
     assert_eq!(rc.instance_type.as_ref().unwrap().as_str(), "ml.p3.2xlarge");
     assert_eq!(rc.instance_count, Some(1));
     let sc = request.stopping_condition().unwrap();
-    assert_eq!(sc.max_runtime_in_seconds, Some(7200));
+    // MaxRuntimeInSeconds 7200 is the lineage's budget, of which the parent used 5400 s.
+    assert_eq!(sc.max_runtime_in_seconds, Some(1800));
     assert_eq!(sc.max_wait_time_in_seconds, Some(10_800));
     assert_eq!(request.enable_managed_spot_training(), Some(true));
     assert_eq!(
@@ -366,6 +403,7 @@ async fn relaunch_carries_the_parent_over_and_applies_the_plan() {
         ("spotcheck:error-retries", "0"),
         ("spotcheck:resume-step", "1200"),
         ("spotcheck:stalled", "0"),
+        ("spotcheck:runtime-used", "5400"),
     ]
     .into_iter()
     .collect();
@@ -921,7 +959,6 @@ async fn refusals_are_errors_for_the_dead_letter_queue() {
         ("CreateTrainingJob", ErrorKind::Rejected),
         ("CreateTrainingJob", ErrorKind::AccessDenied),
         ("ListTags", ErrorKind::AccessDenied),
-        ("ListObjectsV2", ErrorKind::AccessDenied),
         ("PutObject", ErrorKind::AccessDenied),
         ("PutEvents", ErrorKind::Rejected),
     ];
@@ -929,7 +966,6 @@ async fn refusals_are_errors_for_the_dead_letter_queue() {
         let h = spot_lost_with_corrupt_checkpoint();
         match operation {
             "ListTags" | "CreateTrainingJob" => h.jobs.fail.inject(operation, kind),
-            "ListObjectsV2" => h.checkpoints.fail.inject(operation, kind),
             "PutObject" => h.ledger.fail.inject(operation, kind),
             _ => h.events.fail.inject(operation, kind),
         }
@@ -954,4 +990,207 @@ async fn refusals_are_errors_for_the_dead_letter_queue() {
         assert_eq!(h.jobs.created_names().len(), 1, "{operation}");
         assert_eq!(h.ledger.keys().len(), 1, "{operation}");
     }
+}
+
+/// Regression: AccessDenied while validating failed the SageMaker handler (a refusal for the
+/// DLQ) while the EC2 handler recorded it and went on. Both now record it and decide without a
+/// summary.
+#[tokio::test]
+async fn denied_checkpoint_reads_are_recorded_and_the_decision_goes_on() {
+    for kind in [ErrorKind::AccessDenied, ErrorKind::Rejected] {
+        let h = spot_lost();
+        // Even a policy that gives up without a valid checkpoint: nothing says there is none.
+        h.jobs
+            .tags
+            .lock()
+            .unwrap()
+            .get_mut(&arn(ROOT))
+            .unwrap()
+            .insert("spotcheck:without-checkpoint", "give-up");
+        h.checkpoints.fail.inject("ListObjectsV2", kind);
+        let log = MemoryLog::default();
+        let handled = handle(&h, "sagemaker-stopped-maxwait.json", &log)
+            .await
+            .unwrap();
+        assert_eq!(handled.outcome, Outcome::Relaunched, "{kind:?}");
+        let plan = plan_of(&handled);
+        assert_eq!(plan.from_checkpoint, None);
+        assert!(
+            handled
+                .decision
+                .as_ref()
+                .unwrap()
+                .reason
+                .contains("could not be validated"),
+            "{kind:?}"
+        );
+        // The relaunch keeps the CheckpointConfig: the job resumes from what is there.
+        assert_eq!(
+            h.jobs
+                .only_created()
+                .checkpoint_config()
+                .unwrap()
+                .s3_uri
+                .as_deref(),
+            Some(RESNET_CKPT)
+        );
+        let key = "checkpoint-validations/resnet50-spot/unavailable.json";
+        assert_eq!(h.ledger.keys(), [key], "{kind:?}");
+        let record = h.ledger.json(key);
+        assert_eq!(record["kind"], "checkpoint_validation_unavailable");
+        assert_eq!(record["uri"], RESNET_CKPT);
+        assert!(
+            record["error"].as_str().unwrap().contains("ListObjectsV2"),
+            "{record}"
+        );
+        let line = log.decision(1);
+        assert!(
+            line["checkpoint_error"]
+                .as_str()
+                .unwrap()
+                .contains("injected"),
+            "{line}"
+        );
+    }
+}
+
+/// Regression: checkpoints another library wrote (no spotcheck manifest) were "no valid
+/// checkpoint", and each such attempt counted towards the crash loop.
+#[tokio::test]
+async fn checkpoints_in_an_unknown_format_are_relaunched_and_never_a_crash_loop() {
+    let h = handler();
+    let mut tags = list_tags_fixture("list-tags-resnet50-spot.json");
+    tags.insert("spotcheck:stalled", "2");
+    tags.insert("spotcheck:without-checkpoint", "give-up");
+    h.jobs
+        .add_tags(describe_fixture("describe-stopped-maxwait.json"), tags);
+    // A Hugging Face Trainer layout.
+    let (bucket, prefix) = RESNET_CKPT
+        .strip_prefix("s3://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    for file in [
+        "checkpoint-500/model.safetensors",
+        "checkpoint-500/trainer_state.json",
+        "checkpoint-1000/model.safetensors",
+    ] {
+        h.checkpoints
+            .put(bucket, &format!("{prefix}/{file}"), b"weights");
+    }
+    let log = MemoryLog::default();
+    let handled = handle(&h, "sagemaker-stopped-maxwait.json", &log)
+        .await
+        .unwrap();
+    assert_eq!(handled.outcome, Outcome::Relaunched);
+    let validation = handled.checkpoints.clone().unwrap();
+    assert_eq!(
+        validation.summary.validation,
+        spotcheck_control::Validation::UnknownFormat
+    );
+    assert!(validation.checkpoints.is_empty(), "nothing judged");
+    let plan = plan_of(&handled);
+    assert_eq!(plan.from_checkpoint, None);
+    assert_eq!(plan.tags.get("spotcheck:stalled"), Some("2"), "not counted");
+    assert!(handled
+        .decision
+        .unwrap()
+        .reason
+        .contains("format spotcheck does not know"),);
+    // Only the listing: no manifest to GET, nothing to HEAD.
+    assert_eq!(h.checkpoints.calls.get("GetObject"), 0);
+    assert_eq!(h.checkpoints.calls.get("HeadObject"), 0);
+    assert_eq!(
+        log.decision(1)["checkpoints"]["summary"]["validation"],
+        "unknown_format"
+    );
+}
+
+/// Regression (item: late events): Describe shows the same final state but a newer
+/// LastModifiedTime (SageMaker touched the finished job); the event was ignored as stale.
+#[tokio::test]
+async fn a_late_event_for_the_same_final_state_is_acted_on() {
+    let h = handler();
+    h.jobs.add_tags(
+        describe_fixture("describe-stopped-maxwait-modified-later.json"),
+        list_tags_fixture("list-tags-resnet50-spot.json"),
+    );
+    put_checkpoint_at(&h.checkpoints, RESNET_CKPT, "algo-1", 1200, false);
+    let log = MemoryLog::default();
+    let handled = handle(&h, "sagemaker-stopped-maxwait.json", &log)
+        .await
+        .unwrap();
+    assert_eq!(
+        handled.outcome,
+        Outcome::Relaunched,
+        "{:?}",
+        handled.decision
+    );
+    assert_eq!(plan_of(&handled).from_checkpoint, Some(1200));
+    assert_eq!(
+        h.checkpoints.calls.get("ListObjectsV2"),
+        1,
+        "validated, not skipped as stale"
+    );
+    assert_eq!(h.jobs.created_names(), [relaunch_name(ROOT, 2)]);
+}
+
+/// Regression: ResourceInUse was taken as "already relaunched" whatever job held the name.
+#[tokio::test]
+async fn a_name_taken_by_another_job_is_a_collision_not_a_relaunch() {
+    // Someone else's job holds the deterministic name: opted in, but not this lineage's.
+    let h = spot_lost();
+    let squatter =
+        aws_sdk_sagemaker::operation::describe_training_job::DescribeTrainingJobOutput::builder()
+            .training_job_name(R2)
+            .training_job_arn(arn(R2))
+            .build();
+    h.jobs.add(
+        squatter,
+        &[
+            ("spotcheck:enabled", "true"),
+            ("spotcheck:parent", "someone-else"),
+        ],
+    );
+    let log = MemoryLog::default();
+    let handled = handle(&h, "sagemaker-stopped-maxwait.json", &log)
+        .await
+        .unwrap();
+    assert_eq!(handled.outcome, Outcome::GaveUp);
+    assert!(h.jobs.created_names().is_empty());
+    let key = "give-ups/resnet50-spot/resnet50-spot.json";
+    assert_eq!(h.ledger.keys(), [key]);
+    let record = h.ledger.json(key);
+    assert_eq!(record["cause"], "name_collision");
+    assert_eq!(record["job_name"], ROOT);
+    assert!(
+        record["reason"].as_str().unwrap().contains(&format!(
+            "{R2} exists but is not this plan's job: its spotcheck:parent is \"someone-else\""
+        )),
+        "{record}"
+    );
+    assert_eq!(h.events.detail_types(), ["Recovery Gave Up"]);
+    assert_eq!(h.events.detail(0)["cause"], "name_collision");
+    assert_eq!(log.decision(1)["outcome"], "gave_up");
+
+    // A job spotcheck may not even describe (not opted in) is not ours either.
+    let h = spot_lost();
+    let other =
+        aws_sdk_sagemaker::operation::describe_training_job::DescribeTrainingJobOutput::builder()
+            .training_job_name(R2)
+            .training_job_arn(arn(R2))
+            .build();
+    h.jobs.add(other, &[]);
+    // The parent's Describe goes through; the existing job's is denied.
+    h.jobs
+        .fail
+        .inject_after("DescribeTrainingJob", 1, ErrorKind::AccessDenied);
+    let handled = handle(&h, "sagemaker-stopped-maxwait.json", &MemoryLog::default())
+        .await
+        .unwrap();
+    assert_eq!(handled.outcome, Outcome::GaveUp);
+    assert_eq!(
+        h.ledger.json("give-ups/resnet50-spot/resnet50-spot.json")["cause"],
+        "name_collision"
+    );
 }

@@ -5,7 +5,7 @@
 use spotcheck_control::decision::Record;
 use spotcheck_control::naming::{continuation_name, is_valid_job_name, relaunch_name};
 use spotcheck_control::{
-    Action, CheckpointSummary, Decision, GiveUpCause, Policy, RelaunchCause, Timestamp,
+    Action, CheckpointSummary, Decision, GiveUpCause, Policy, RelaunchCause, Timestamp, Validation,
     WithoutCheckpoint,
 };
 
@@ -86,13 +86,14 @@ fn rows() -> Vec<Row> {
             .expect(Ignore, "DescribeTrainingJob given is for xgboost-churn-spot"),
         row("3a stale: status moved on", "sagemaker-inprogress-interrupted", Some("describe-stopped-maxwait"))
             .expect(Ignore, "stale event: it says InProgress/Interrupted but DescribeTrainingJob says Stopped/MaxWaitTimeExceeded"),
-        row("3b stale: LastModifiedTime newer", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait-modified-later"))
+        // Regression: a finished job's LastModifiedTime moves without a state change (warm
+        // pools, rule statuses); the late event for the same state was dropped as stale.
+        row("3b late event, same final state, LastModifiedTime moved on", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait-modified-later"))
             .step(1200)
-            .expect(Ignore, "LastModifiedTime 2024-06-01T12:00:00.512Z is older"),
+            .expect(Relaunch { name: R2, attempt: 2, instance_type: "ml.p3.2xlarge", spot: true, from: Some(1200), cause: RelaunchCause::SpotWaitExceeded },
+                    "relaunching as resnet50-spot-r2-"),
         row("3c stale: restarted since the interruption", "sagemaker-inprogress-interrupted", Some("describe-inprogress-restarted"))
             .expect(Ignore, "stale event"),
-        row("4 no status", "sagemaker-no-status", None)
-            .expect(Ignore, "no TrainingJobStatus"),
         // 5–8: states that are recorded or waited on.
         row("5 interrupted", "sagemaker-inprogress-interrupted", None)
             .expect(Record("interruption"), "SageMaker restarts it itself"),
@@ -115,10 +116,20 @@ fn rows() -> Vec<Row> {
         row("9b spot never arrived: next rung", "sagemaker-stopped-maxwait-never-started", Some("describe-stopped-maxwait-never-started"))
             .expect(Relaunch { name: SCRATCH_NAME, attempt: 2, instance_type: "ml.g4dn.12xlarge", spot: true, from: None, cause: RelaunchCause::SpotCapacityNeverArrived },
                     "restarting from scratch (policy without_checkpoint = restart-from-scratch)"),
-        row("10 runtime cap with progress", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+        row("10a runtime cap, relaunching past it opted in", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
             .step(5000)
+            .policy(past_runtime_cap())
             .expect(Relaunch { name: SCRATCH_NAME, attempt: 2, instance_type: "ml.p4d.24xlarge", spot: true, from: Some(5000), cause: RelaunchCause::RuntimeCapReached },
-                    "MaxRuntimeInSeconds ran out; relaunching as llm-finetune-7b-r2-"),
+                    "with a fresh runtime budget of 86400 s"),
+        // Regression: MaxRuntimeExceeded was relaunched whatever the policy.
+        row("10b runtime cap: the budget is spent", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+            .step(5000)
+            .expect(GiveUp(GiveUpCause::RuntimeBudgetSpent), "relaunching past it is opt-in"),
+        row("10c runtime cap opted in by tag", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+            .step(5000)
+            .tags(&[("spotcheck:relaunch-after-max-runtime", "true")])
+            .expect(Relaunch { name: SCRATCH_NAME, attempt: 2, instance_type: "ml.p4d.24xlarge", spot: true, from: Some(5000), cause: RelaunchCause::RuntimeCapReached },
+                    "fresh runtime budget"),
         row("11 stopped, unknown secondary", "sagemaker-stopped-unknown-secondary", None)
             .expect(Ignore, "not a stop spotcheck recovers from"),
         row("12a capacity: next rung", "sagemaker-failed-capacity", Some("describe-failed-capacity"))
@@ -149,6 +160,16 @@ fn rows() -> Vec<Row> {
             .step(1200)
             .tags(&[("spotcheck:max-attempts", "lots")])
             .expect(GiveUp(GiveUpCause::InvalidPolicy), "tag spotcheck:max-attempts = \"lots\" is invalid"),
+        // Regression: tags overrode the operator's policy whatever they asked for.
+        row("R1b a tag beyond the operator's ceiling", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
+            .step(1200)
+            .tags(&[("spotcheck:max-attempts", "50")])
+            .expect(GiveUp(GiveUpCause::InvalidPolicy), "exceeds the operator's limit: at most 10 attempts"),
+        row("R1c a ladder rung the operator does not allow", "sagemaker-failed-capacity", Some("describe-failed-capacity"))
+            .step(1200)
+            .tags(&[("spotcheck:instance-ladder", "ml.p3.2xlarge,ml.p4d.24xlarge")])
+            .policy(Policy { allowed_instance_types: vec!["ml.p3.2xlarge".into(), "ml.g5.2xlarge".into()], ..Policy::default() })
+            .expect(GiveUp(GiveUpCause::InvalidPolicy), "ml.p4d.24xlarge is not among the allowed instance types"),
         row("R2a crash loop after a spot loss", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
             .tags(&[("spotcheck:stalled", "2")])
             .expect(GiveUp(GiveUpCause::CrashLoop), "crash loop: 3 consecutive attempt(s)"),
@@ -161,15 +182,24 @@ fn rows() -> Vec<Row> {
             .tags(&[("spotcheck:stalled", "2")])
             .expect(Relaunch { name: SCRATCH_NAME, attempt: 2, instance_type: "ml.g4dn.12xlarge", spot: true, from: None, cause: RelaunchCause::SpotCapacityNeverArrived },
                     "relaunching"),
-        row("R3 runtime cap, training finished", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+        row("R4 runtime cap, training finished", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
             .checkpoints(CheckpointSummary { latest_valid_step: Some(9000), finished: true, ..CheckpointSummary::default() })
+            .policy(past_runtime_cap())
             .expect(Ignore, "marks training finished"),
-        row("R4a runtime cap without any checkpoint", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+        row("R5a runtime cap without any checkpoint", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+            .policy(past_runtime_cap())
             .expect(GiveUp(GiveUpCause::NoProgressPastRuntimeCap), "would repeat the same work"),
-        row("R4b runtime cap, no progress since resume", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+        row("R5b runtime cap, no progress since resume", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
             .step(5000)
             .tags(&[("spotcheck:resume-step", "5000"), ("spotcheck:attempt", "2")])
+            .policy(past_runtime_cap())
             .expect(GiveUp(GiveUpCause::NoProgressPastRuntimeCap), "this attempt resumed from 5000"),
+        row("R5c runtime cap, checkpoints not judged: relaunched", "sagemaker-stopped-maxruntime", Some("describe-stopped-maxruntime"))
+            .checkpoints(CheckpointSummary::not_judged(Validation::UnknownFormat))
+            .tags(&[("spotcheck:resume-step", "5000"), ("spotcheck:attempt", "2")])
+            .policy(past_runtime_cap())
+            .expect(Relaunch { name: SCRATCH_NAME, attempt: 3, instance_type: "ml.p4d.24xlarge", spot: true, from: None, cause: RelaunchCause::RuntimeCapReached },
+                    "format spotcheck does not know"),
         row("R6a attempts exhausted", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
             .step(1200)
             .tags(&[("spotcheck:attempt", "10")])
@@ -212,10 +242,46 @@ fn rows() -> Vec<Row> {
             .expect(Relaunch { name: SCRATCH_NAME, attempt: 2, instance_type: "ml.g5.12xlarge", spot: true, from: None, cause: RelaunchCause::SpotCapacityNeverArrived },
                     "not on the instance ladder"),
         row("R8f corrupt newest checkpoints are skipped", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
-            .checkpoints(CheckpointSummary { latest_valid_step: Some(800), any_corrupt: true, finished: false })
+            .checkpoints(CheckpointSummary { latest_valid_step: Some(800), any_corrupt: true, ..CheckpointSummary::default() })
             .expect(Relaunch { name: R2, attempt: 2, instance_type: "ml.p3.2xlarge", spot: true, from: Some(800), cause: RelaunchCause::SpotWaitExceeded },
                     "resuming from checkpoint step 800 (corrupt checkpoints were found and are skipped)"),
+        // Regression: an attempt whose spot capacity never arrived did not count towards the
+        // on-demand switch.
+        row("R8g spot that never arrived counts towards on-demand", "sagemaker-stopped-maxwait-never-started", Some("describe-stopped-maxwait-never-started"))
+            .tags(&[("spotcheck:on-demand-after", "1")])
+            .expect(Relaunch { name: SCRATCH_NAME, attempt: 2, instance_type: "ml.g4dn.12xlarge", spot: false, from: None, cause: RelaunchCause::SpotCapacityNeverArrived },
+                    "on-demand because the lineage saw 1 spot interruption(s)"),
+        // Regression: checkpoints another library wrote were "no valid checkpoint".
+        row("R9a unknown format: relaunched whatever without_checkpoint says", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
+            .checkpoints(CheckpointSummary::not_judged(Validation::UnknownFormat))
+            .policy(Policy { without_checkpoint: WithoutCheckpoint::GiveUp, ..Policy::default() })
+            .expect(Relaunch { name: R2, attempt: 2, instance_type: "ml.p3.2xlarge", spot: true, from: None, cause: RelaunchCause::SpotWaitExceeded },
+                    "format spotcheck does not know (no spotcheck manifest)"),
+        row("R9b checkpoints that could not be validated: relaunched", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
+            .checkpoints(CheckpointSummary::not_judged(Validation::Unavailable))
+            .policy(Policy { without_checkpoint: WithoutCheckpoint::GiveUp, ..Policy::default() })
+            .expect(Relaunch { name: R2, attempt: 2, instance_type: "ml.p3.2xlarge", spot: true, from: None, cause: RelaunchCause::SpotWaitExceeded },
+                    "could not be validated"),
+        row("R9c unknown format never completes a crash loop", "sagemaker-stopped-maxwait", Some("describe-stopped-maxwait"))
+            .checkpoints(CheckpointSummary::not_judged(Validation::UnknownFormat))
+            .tags(&[("spotcheck:stalled", "2")])
+            .expect(Relaunch { name: R2, attempt: 2, instance_type: "ml.p3.2xlarge", spot: true, from: None, cause: RelaunchCause::SpotWaitExceeded },
+                    "relaunching"),
+        row("R10a an instance type the operator does not allow", "sagemaker-stopped-maxwait-never-started", Some("describe-stopped-maxwait-never-started"))
+            .tags(&[("spotcheck:instance-ladder", "ml.p3.2xlarge,ml.p3.8xlarge")])
+            .policy(Policy { allowed_instance_types: vec!["ml.p3.2xlarge".into(), "ml.p3.8xlarge".into()], ..Policy::default() })
+            .expect(GiveUp(GiveUpCause::NotPermitted), "not relaunching on ml.g5.12xlarge: the operator allows only ml.p3.2xlarge,ml.p3.8xlarge"),
+        row("R10b on-demand when the operator does not allow it", "sagemaker-failed-internal", None)
+            .policy(Policy { allow_on_demand: false, ..Policy::default() })
+            .expect(GiveUp(GiveUpCause::NotPermitted), "does not allow on-demand relaunches"),
     ]
+}
+
+fn past_runtime_cap() -> Policy {
+    Policy {
+        relaunch_after_max_runtime: true,
+        ..Policy::default()
+    }
 }
 
 fn check(row: &Row, decision: &Decision) {
@@ -328,7 +394,8 @@ fn relaunch_plan_details_for_a_spot_loss() {
     assert_eq!(plan.parent, ROOT);
     assert_eq!(plan.root, ROOT);
     assert_eq!(plan.max_wait_seconds, Some(10800));
-    assert_eq!(plan.max_runtime_seconds, Some(7200));
+    // MaxRuntimeInSeconds 7200 is the lineage's budget; the job used 5400 s of it.
+    assert_eq!(plan.max_runtime_seconds, Some(1800));
     let expected: Vec<(&str, &str)> = vec![
         ("spotcheck:attempt", "2"),
         ("spotcheck:enabled", "true"),
@@ -338,6 +405,7 @@ fn relaunch_plan_details_for_a_spot_loss() {
         ("spotcheck:parent", ROOT),
         ("spotcheck:resume-step", "1200"),
         ("spotcheck:root", ROOT),
+        ("spotcheck:runtime-used", "5400"),
         ("spotcheck:stalled", "0"),
         ("team", "vision"),
     ];
@@ -347,7 +415,8 @@ fn relaunch_plan_details_for_a_spot_loss() {
 #[test]
 fn max_wait_is_raised_to_the_runtime_cap_and_dropped_on_demand() {
     let policy = Policy {
-        max_wait_seconds: Some(3600),
+        max_wait_seconds: Some(1000),
+        relaunch_after_max_runtime: true,
         ..Policy::default()
     };
     let decision = decide_case(
@@ -360,9 +429,10 @@ fn max_wait_is_raised_to_the_runtime_cap_and_dropped_on_demand() {
     let Action::Relaunch(plan) = &decision.action else {
         panic!("{decision:?}")
     };
+    assert_eq!(plan.max_runtime_seconds, Some(1800), "what is left of 7200");
     assert_eq!(
         plan.max_wait_seconds,
-        Some(7200),
+        Some(1800),
         "MaxWait must be ≥ MaxRuntime"
     );
 
@@ -584,7 +654,8 @@ fn ec2_table() {
             assert_eq!(record.advisory, event == "ec2-rebalance-recommendation");
             assert_eq!(record.continuation.is_some(), continued.unwrap(), "{event}");
             if let Some(plan) = &record.continuation {
-                assert_eq!(plan.name, continuation_name("llama-pretrain", instance));
+                assert_eq!(plan.name, continuation_name("llama-pretrain", 1));
+                assert_eq!(plan.generation, 1);
                 assert_eq!(plan.continue_on, "on-demand");
                 assert_eq!(
                     plan.checkpoint_uri.as_deref(),
@@ -646,4 +717,207 @@ fn now_only_matters_for_the_deadline() {
     assert!(!spot_at(&input), "exactly one hour before");
     input.now = now().plus_seconds(86400);
     assert!(!spot_at(&input), "past the deadline");
+}
+
+/// Row 4: an event without a status is malformed (see `parsing`), so only a Describe without
+/// one reaches the engine's row.
+#[test]
+fn a_describe_without_status_decides_nothing() {
+    let mut input = input_case(
+        "sagemaker-stopped-maxwait",
+        Some("describe-stopped-maxwait"),
+        step(Some(1200)),
+        &[],
+        Policy::default(),
+    );
+    if let (Some(job), spotcheck_control::Signal::TrainingJobStateChange { job: event_job }) =
+        (input.job.as_mut(), &mut input.event.signal)
+    {
+        job.status = None;
+        event_job.status = None;
+    }
+    let decision = spotcheck_control::decide(&input);
+    assert_eq!(decision.action, Action::Ignore);
+    assert!(
+        decision.reason.contains("no TrainingJobStatus"),
+        "{}",
+        decision.reason
+    );
+}
+
+/// Regression: a late delivery of a finished job's event (a DLQ redrive a day later) was
+/// dropped because SageMaker had touched the job since. Staleness is about status.
+#[test]
+fn late_events_for_a_finished_job_are_acted_on() {
+    let a_day_later = |name: &str| {
+        let mut job = crate::util::job(name);
+        job.last_modified_time = job.last_modified_time.map(|t| t.plus_seconds(86_400));
+        job
+    };
+    let decide_with = |event: &str, job: spotcheck_control::JobFacts, checkpoints| {
+        let mut input = input_case(event, None, checkpoints, &[], Policy::default());
+        input.job = Some(job);
+        spotcheck_control::decide(&input)
+    };
+    // Stopped/MaxWaitTimeExceeded: relaunched as if on time.
+    let d = decide_with(
+        "sagemaker-stopped-maxwait",
+        a_day_later("describe-stopped-maxwait"),
+        step(Some(1200)),
+    );
+    assert!(
+        matches!(&d.action, Action::Relaunch(p) if p.job_name == R2),
+        "{}",
+        d.reason
+    );
+    // Completed: savings recorded.
+    let d = decide_with(
+        "sagemaker-completed",
+        a_day_later("describe-completed"),
+        CheckpointSummary::default(),
+    );
+    assert!(
+        matches!(d.action, Action::Record(Record::Savings { .. })),
+        "{}",
+        d.reason
+    );
+    // Failed: recovered (or given up) per the failure, not ignored as stale.
+    let d = decide_with(
+        "sagemaker-failed-capacity",
+        a_day_later("describe-failed-capacity"),
+        step(Some(1200)),
+    );
+    assert!(
+        matches!(&d.action, Action::Relaunch(p) if p.job_name == R3),
+        "{}",
+        d.reason
+    );
+    // The same final status with another secondary status is another state: stale.
+    let mut user_stop = crate::util::job("describe-stopped-maxwait");
+    user_stop.secondary_status = Some(spotcheck_control::status::SecondaryStatus::Stopped);
+    let d = decide_with("sagemaker-stopped-maxwait", user_stop, step(Some(1200)));
+    assert_eq!(d.action, Action::Ignore);
+    assert!(d.reason.contains("stale event"), "{}", d.reason);
+    // A running job that moved on since the event is still stale by its LastModifiedTime.
+    let mut running = crate::util::job("describe-stopped-maxwait");
+    running.status = Some(spotcheck_control::status::TrainingJobStatus::InProgress);
+    running.secondary_status = Some(spotcheck_control::status::SecondaryStatus::Interrupted);
+    running.last_modified_time = Some(now());
+    let d = decide_with(
+        "sagemaker-inprogress-interrupted",
+        running,
+        CheckpointSummary::default(),
+    );
+    assert_eq!(d.action, Action::Ignore);
+    assert!(
+        d.reason.contains("is older than DescribeTrainingJob's"),
+        "{}",
+        d.reason
+    );
+}
+
+/// The lineage's runtime budget: each relaunch gets what is left, the used seconds are carried
+/// in spotcheck:runtime-used, and a spent budget ends the lineage.
+#[test]
+fn the_runtime_budget_shrinks_and_runs_out() {
+    // Attempt 2 of a lineage that used 1000 s before it; this attempt trained 5400 s of the
+    // 7200 s it was given.
+    let d = decide_case(
+        "sagemaker-stopped-maxwait",
+        Some("describe-stopped-maxwait"),
+        step(Some(1200)),
+        &[
+            ("spotcheck:attempt", "2"),
+            ("spotcheck:runtime-used", "1000"),
+        ],
+        Policy::default(),
+    );
+    let Action::Relaunch(plan) = &d.action else {
+        panic!("{d:?}")
+    };
+    assert_eq!(plan.max_runtime_seconds, Some(1800));
+    assert_eq!(plan.tags.get("spotcheck:runtime-used"), Some("6400"));
+    assert!(
+        d.reason
+            .contains("the lineage used 6400 s of its 8200 s runtime budget"),
+        "{}",
+        d.reason
+    );
+
+    // An attempt that used all it was given: nothing left.
+    let mut input = input_case(
+        "sagemaker-stopped-maxwait",
+        Some("describe-stopped-maxwait"),
+        step(Some(1200)),
+        &[],
+        Policy::default(),
+    );
+    if let Some(job) = input.job.as_mut() {
+        job.training_time_seconds = Some(7200);
+    }
+    let d = spotcheck_control::decide(&input);
+    assert!(
+        matches!(&d.action, Action::GiveUp(g) if g.cause == GiveUpCause::RuntimeBudgetSpent),
+        "{d:?}"
+    );
+    assert!(
+        d.reason.contains("nothing is left for a relaunch"),
+        "{}",
+        d.reason
+    );
+
+    // Opted in past the cap: a fresh budget, the used seconds back to 0.
+    let d = decide_case(
+        "sagemaker-stopped-maxruntime",
+        Some("describe-stopped-maxruntime"),
+        step(Some(5000)),
+        &[],
+        past_runtime_cap(),
+    );
+    let Action::Relaunch(plan) = &d.action else {
+        panic!("{d:?}")
+    };
+    assert_eq!(plan.max_runtime_seconds, Some(86_400));
+    assert_eq!(plan.tags.get("spotcheck:runtime-used"), Some("0"));
+}
+
+/// Checkpoints spotcheck cannot judge neither count towards a crash loop nor reset it.
+#[test]
+fn unjudged_checkpoints_leave_the_stall_count_alone() {
+    for validation in [Validation::UnknownFormat, Validation::Unavailable] {
+        let d = decide_case(
+            "sagemaker-stopped-maxwait",
+            Some("describe-stopped-maxwait"),
+            CheckpointSummary::not_judged(validation),
+            &[
+                ("spotcheck:stalled", "2"),
+                ("spotcheck:resume-step", "1200"),
+            ],
+            Policy::default(),
+        );
+        let Action::Relaunch(plan) = &d.action else {
+            panic!("{validation:?}: {d:?}")
+        };
+        assert_eq!(
+            plan.tags.get("spotcheck:stalled"),
+            Some("2"),
+            "{validation:?}"
+        );
+        assert_eq!(plan.from_checkpoint, None);
+    }
+    // The same attempt judged without progress completes the crash loop.
+    let d = decide_case(
+        "sagemaker-stopped-maxwait",
+        Some("describe-stopped-maxwait"),
+        step(Some(1200)),
+        &[
+            ("spotcheck:stalled", "2"),
+            ("spotcheck:resume-step", "1200"),
+        ],
+        Policy::default(),
+    );
+    assert!(
+        matches!(&d.action, Action::GiveUp(g) if g.cause == GiveUpCause::CrashLoop),
+        "{d:?}"
+    );
 }

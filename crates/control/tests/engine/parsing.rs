@@ -102,7 +102,66 @@ fn every_sagemaker_fixture_parses_with_its_status() {
         facts("sagemaker-unknown-status").secondary_status,
         Some(SecondaryStatus::Unknown("Hibernating".into()))
     );
-    assert_eq!(facts("sagemaker-no-status").status, None);
+    // The status is what a state change is about: without it the event is malformed.
+    let err = parse_event(event_text("sagemaker-no-status").as_bytes()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EventError::MissingField {
+                field: "detail.TrainingJobStatus",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// Regression: a detail field of an unexpected shape turned a real event into a malformed one.
+#[test]
+fn a_real_event_with_odd_fields_is_still_the_event_it_is() {
+    let mut value: serde_json::Value =
+        serde_json::from_str(event_text("sagemaker-stopped-maxwait")).unwrap();
+    let detail = &mut value["detail"];
+    detail["ResourceConfig"] = serde_json::json!("ml.p3.2xlarge");
+    detail["SecondaryStatusTransitions"] = serde_json::json!({"Status": "Training"});
+    detail["Tags"] = serde_json::json!(5);
+    detail["TrainingStartTime"] = serde_json::json!(true);
+    detail["StoppingCondition"]["MaxRuntimeInSeconds"] = serde_json::json!(-7);
+    let Ok(Parsed::Relevant(event)) = spotcheck_control::events::parse_event_value(&value) else {
+        panic!("still a relevant event")
+    };
+    let Signal::TrainingJobStateChange { job } = &event.signal else {
+        panic!("{:?}", event.signal)
+    };
+    assert_eq!(job.name, "resnet50-spot");
+    assert_eq!(job.status, Some(TrainingJobStatus::Stopped));
+    assert_eq!(
+        job.secondary_status,
+        Some(SecondaryStatus::MaxWaitTimeExceeded)
+    );
+    assert_eq!(
+        job.unreadable,
+        [
+            "ResourceConfig",
+            "SecondaryStatusTransitions",
+            "StoppingCondition.MaxRuntimeInSeconds",
+            "TrainingStartTime",
+            "Tags"
+        ]
+    );
+    // And it is decided on as before: Describe is the authority for the rest.
+    let input = spotcheck_control::DecisionInput::new(
+        event,
+        Some(crate::util::job("describe-stopped-maxwait")),
+        &crate::util::tags(&[("spotcheck:enabled", "true")]),
+        crate::util::step(Some(1200)),
+        &[],
+        spotcheck_control::Policy::default(),
+        crate::util::now(),
+    )
+    .unwrap();
+    let decision = spotcheck_control::decide(&input);
+    assert_eq!(decision.action_name(), "relaunch", "{}", decision.reason);
 }
 
 #[test]
@@ -305,7 +364,7 @@ fn malformed_events_are_typed_errors_with_the_id() {
         matches!(
             e,
             EventError::Malformed {
-                field: "detail",
+                field: "detail.TrainingJobStatus",
                 ..
             }
         ),
@@ -354,8 +413,10 @@ fn malformed_describe_outputs_are_typed_errors() {
         JobFacts::from_describe_json(b"{\"TrainingJobStatus\": \"Completed\"}"),
         Err(JobError::MissingName)
     ));
-    assert!(matches!(
-        JobFacts::from_describe_json(b"{\"TrainingJobName\": \"a\", \"CreationTime\": \"soon\"}"),
-        Err(JobError::Malformed(_))
-    ));
+    // Other fields are read leniently: left out and named.
+    let facts =
+        JobFacts::from_describe_json(b"{\"TrainingJobName\": \"a\", \"CreationTime\": \"soon\"}")
+            .unwrap();
+    assert_eq!(facts.creation_time, None);
+    assert_eq!(facts.unreadable, ["CreationTime"]);
 }

@@ -238,7 +238,7 @@ fn output_events_for_decisions() {
     let corrupt = CheckpointSummary {
         latest_valid_step: Some(800),
         any_corrupt: true,
-        finished: false,
+        ..CheckpointSummary::default()
     };
     let entry = OutputEvent::checkpoint_validation_failed(ROOT, Some("s3://b/p"), &corrupt)
         .unwrap()
