@@ -52,7 +52,8 @@ step "project checks" "$TOOLS/python" infra/tools/check_template.py infra/templa
 step "checkov infra/template.yaml" "${CHECKOV[@]}" -f infra/template.yaml --framework cloudformation
 step "checkov infra/Dockerfile" "${CHECKOV[@]}" -f infra/Dockerfile --framework dockerfile
 step "hadolint infra/Dockerfile" "$TOOLS/hadolint" infra/Dockerfile
-step "shellcheck" "$TOOLS/shellcheck" scripts/python-tools.sh scripts/static-checks.sh scripts/emulators.sh
+step "shellcheck" "$TOOLS/shellcheck" scripts/python-tools.sh scripts/static-checks.sh scripts/emulators.sh \
+    scripts/fuzz-soak.sh
 step "python syntax" "$TOOLS/python" -c 'import ast, sys; [ast.parse(open(p).read(), p) for p in sys.argv[1:]]' infra/tools/sam_transform.py \
     infra/tools/check_template.py scripts/emulators-smoke.py
 

@@ -6,14 +6,18 @@
 //! - `spotcheck local serve` — the local SageMaker-compatible training service (see
 //!   `docs/local-service.md`).
 //! - `spotcheck demo` — the whole system end to end on this machine, with a report.
+//! - `spotcheck redrive --queue URL --function NAME` — a dead-letter queue's events handed back
+//!   to their function (see `docs/lambdas.md`, "Redrive").
 //! - `spotcheck report --ledger s3://BUCKET/PREFIX` — what spotcheck did for a deployed stack,
 //!   from its ledger (see `docs/report.md`).
 //!
 //! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; `demo` 0 when the final
-//! weights equal the uninterrupted run's, 1 when not; 2 on usage errors and unreadable or
+//! weights equal the uninterrupted run's, 1 when not; `redrive` 0 when every message was
+//! redriven, 1 when any failed or the run stopped; 2 on usage errors and unreadable or
 //! malformed input, for every command.
 
 mod local;
+mod redrive;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +70,9 @@ enum Command {
     /// Train Fashion-MNIST as a managed-spot job on the local service while spot capacity is
     /// taken away, let the control plane recover it, and report.
     Demo(local::Demo),
+    /// Hand each event in a dead-letter queue back to its function (Lambda Invoke), deleting
+    /// the message only when the function handled it.
+    Redrive(redrive::Redrive),
     /// Report what spotcheck did, per lineage and in total, from a deployed stack's ledger
     /// (text; optionally HTML with charts, and JSON).
     Report(report::Report),
@@ -149,6 +156,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Local(local::Local::Serve(args)) => local::serve(args),
         Command::Demo(args) => local::run_demo(args),
+        Command::Redrive(args) => redrive::run(args),
         Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
     }
 }

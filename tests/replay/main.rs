@@ -13,6 +13,7 @@
 //! | [`mirror`] | the trainer's own S3 mirror under faults: a hung upload does not hold the final checkpoint back on a stop; a failed download leaves no checkpoint behind, and the next start still resumes from the newest one in S3 | fault proxy in front of LocalStack S3, the `train` binary |
 //! | [`faults`] | throttling, 5xx and hangs are retried by the SDK (counted), persistent ones end in a transient `Err`, redelivery completes the action exactly once | fault proxy in front of LocalStack and the local SageMaker service |
 //! | [`lambda_runtime`] | the real `sagemaker-events` binary in the Lambda runtime loop: responses, error reports with `errorType` | cargo-lambda's runtime API emulator |
+//! | [`redrive`] | `spotcheck redrive`: dead-letter messages of every shape invoked into the real function, deleted only when it handled them, refusals and transient failures kept and completed by a second run, nothing done twice | LocalStack SQS (the DLQ), cargo-lambda's Invoke endpoint, local SageMaker service behind the fault proxy, LocalStack S3 and EventBridge |
 //! | [`report`] | `spotcheck report`'s reader over ledgers the handler wrote: a real lineage's figures and counterfactual against what the service ran; 20 000 records read page by page with bounded reads; older and odd objects read or skipped with counts | local SageMaker service, LocalStack S3, the local service's embedded S3 |
 //!
 //! Every test needs the emulators (`scripts/test-all.sh` starts them) and fails, saying so,
@@ -23,6 +24,7 @@ mod ec2;
 mod faults;
 mod handlers;
 mod lambda_runtime;
+mod redrive;
 mod mirror;
 mod report;
 mod routing;

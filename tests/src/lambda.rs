@@ -5,7 +5,10 @@
 //! API of cargo-lambda, without building anything: the function is the binary cargo built for
 //! the tests), starting the function process with the environment Lambda gives it
 //! (`AWS_LAMBDA_RUNTIME_API`, `AWS_LAMBDA_FUNCTION_NAME`, …) plus the function's own
-//! configuration, and `cargo lambda invoke --data-file`. cargo-lambda comes pinned from
+//! configuration, and `cargo lambda invoke --data-file`. The same port serves Lambda's Invoke
+//! API (`POST /2015-03-31/functions/NAME/invocations`, [`RuntimeApi::invoke_endpoint`]) for
+//! SDK clients, with one difference from Lambda that [`as_lambda_answers`] bridges.
+//! cargo-lambda comes pinned from
 //! `tests/python-requirements/deploy.lock.txt` (`bash scripts/python-tools.sh deploy`, which
 //! `scripts/test-all.sh` runs) into `.venv-deploy`; `CARGO_LAMBDA` names another binary.
 
@@ -14,6 +17,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
+
+use crate::http::Reply;
+use crate::proxy::RequestInfo;
 
 /// The cargo-lambda executable; panics with how to install it when absent.
 pub fn cargo_lambda() -> PathBuf {
@@ -104,16 +110,47 @@ impl RuntimeApi {
         format!("http://127.0.0.1:{}/.rt", self.port)
     }
 
+    /// Where Lambda's Invoke API answers (`AWS_ENDPOINT_URL_LAMBDA` of an SDK client).
+    pub fn invoke_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// Starts the function binary `exe` against this runtime API with `env` (the function's
-    /// own configuration) added to Lambda's variables. Its output goes to `log`.
+    /// own configuration) added to Lambda's variables, serving invocations without a function
+    /// name (`cargo lambda invoke`'s default). Its output goes to `log`.
     pub fn start_function(&self, exe: &Path, env: &[(String, String)], log: &Path) -> Function {
+        self.spawn_function("_", self.runtime_api(), exe, env, log)
+    }
+
+    /// Like [`RuntimeApi::start_function`], serving the invocations of the function `name`:
+    /// its runtime API is cargo-lambda's per-function path (`/.rt/NAME/2018-06-01/…`), so
+    /// `POST /2015-03-31/functions/NAME/invocations` reaches it.
+    pub fn start_named_function(
+        &self,
+        name: &str,
+        exe: &Path,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Function {
+        let api = format!("{}/{name}", self.runtime_api());
+        self.spawn_function(name, api, exe, env, log)
+    }
+
+    fn spawn_function(
+        &self,
+        name: &str,
+        runtime_api: String,
+        exe: &Path,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Function {
         let out = std::fs::File::create(log).expect("function log");
         let err = out.try_clone().expect("function log");
         let mut cmd = Command::new(exe);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AWS_LAMBDA_RUNTIME_API", self.runtime_api())
-            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
             .env("AWS_LAMBDA_LOG_FORMAT", "Text")
@@ -191,4 +228,26 @@ impl Function {
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+}
+
+/// cargo-lambda 1.9.2 answers an invocation whose function failed with HTTP 500 and the
+/// runtime's error report (`{"errorType", "errorMessage"}`) as the body; Lambda answers HTTP
+/// 200 with the header `X-Amz-Function-Error: Unhandled` and the same body ("the status code
+/// in the API response doesn't reflect function errors"). This rewrite (for
+/// [`FaultProxy::rewrite_replies`](crate::proxy::FaultProxy::rewrite_replies) in front of
+/// [`RuntimeApi::invoke_endpoint`]) turns the one into the other, so an SDK client sees
+/// Lambda's contract; any other answer passes unchanged.
+pub fn as_lambda_answers(info: &RequestInfo, mut reply: Reply) -> Reply {
+    let invocation = info.method == "POST" && info.path.ends_with("/invocations");
+    let report = serde_json::from_slice::<serde_json::Value>(&reply.body)
+        .ok()
+        .is_some_and(|v| v.get("errorType").is_some());
+    if invocation && reply.status == 500 && report {
+        reply.status = 200;
+        reply.headers.insert(
+            "x-amz-function-error",
+            hyper::header::HeaderValue::from_static("Unhandled"),
+        );
+    }
+    reply
 }

@@ -14,7 +14,11 @@
 //!   idempotent;
 //! - [`Fault::Hang`]: no answer at all, until the client gives up.
 //!
-//! Everything it sees is kept ([`FaultProxy::seen`]) so tests can count attempts per operation.
+//! A rule can also require a string in the request body ([`FaultRule::with_body_containing`]),
+//! to fault the calls about one resource only. Forwarded answers can be rewritten
+//! ([`FaultProxy::rewrite_replies`]), e.g. to turn an emulator's wire format into the
+//! service's. Everything it sees is kept ([`FaultProxy::seen`]) so tests can count attempts
+//! per operation.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +31,8 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use crate::http::Reply;
 
 /// What the proxy knows about a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +129,9 @@ impl Fault {
 
 type Matcher = Arc<dyn Fn(&RequestInfo) -> bool + Send + Sync>;
 
+/// A rewrite of forwarded answers.
+type Rewrite = Arc<dyn Fn(&RequestInfo, Reply) -> Reply + Send + Sync>;
+
 /// "Answer requests matching this with that fault, n times (or always)".
 #[derive(Clone)]
 pub struct FaultRule {
@@ -130,6 +139,7 @@ pub struct FaultRule {
     fault: Fault,
     remaining: Option<usize>,
     label: String,
+    body_contains: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for FaultRule {
@@ -151,6 +161,7 @@ impl FaultRule {
             matches: Arc::new(move |r: &RequestInfo| r.operation() == op),
             fault,
             remaining: None,
+            body_contains: None,
         }
     }
 
@@ -165,12 +176,20 @@ impl FaultRule {
             matches: Arc::new(pred),
             fault,
             remaining: None,
+            body_contains: None,
         }
     }
 
     /// Only the next `n` matching requests.
     pub fn times(mut self, n: usize) -> FaultRule {
         self.remaining = Some(n);
+        self
+    }
+
+    /// Only requests whose body contains `needle` (e.g. one job's name).
+    pub fn with_body_containing(mut self, needle: &str) -> FaultRule {
+        self.label = format!("{} ({needle})", self.label);
+        self.body_contains = Some(needle.as_bytes().to_vec());
         self
     }
 }
@@ -198,6 +217,7 @@ pub struct Seen {
 #[derive(Default)]
 struct State {
     rules: Vec<FaultRule>,
+    rewrite: Option<Rewrite>,
     seen: Vec<Seen>,
 }
 
@@ -277,6 +297,14 @@ impl FaultProxy {
         lock(&self.state).rules.push(rule);
     }
 
+    /// Passes every forwarded answer through `rewrite` from now on.
+    pub fn rewrite_replies(
+        &self,
+        rewrite: impl Fn(&RequestInfo, Reply) -> Reply + Send + Sync + 'static,
+    ) {
+        lock(&self.state).rewrite = Some(Arc::new(rewrite));
+    }
+
     /// Removes every fault rule: from now on everything is forwarded.
     pub fn clear(&self) {
         lock(&self.state).rules.clear();
@@ -327,12 +355,17 @@ fn info(req: &Request<Incoming>) -> RequestInfo {
 }
 
 /// Picks the fault for a request, consuming one use of a counted rule.
-fn pick(state: &Mutex<State>, info: &RequestInfo) -> Option<(String, Fault)> {
+fn pick(state: &Mutex<State>, info: &RequestInfo, body: &[u8]) -> Option<(String, Fault)> {
     let mut st = lock(state);
+    let in_body = |needle: &Option<Vec<u8>>| {
+        needle
+            .as_ref()
+            .is_none_or(|n| n.is_empty() || body.windows(n.len()).any(|w| w == n.as_slice()))
+    };
     let rule = st
         .rules
         .iter_mut()
-        .find(|r| r.remaining != Some(0) && (r.matches)(info))?;
+        .find(|r| r.remaining != Some(0) && (r.matches)(info) && in_body(&r.body_contains))?;
     if let Some(n) = &mut rule.remaining {
         *n -= 1;
     }
@@ -356,13 +389,13 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let info = info(&req);
-    let fault = pick(state, &info);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let fault = pick(state, &info, &body);
     match fault {
         Some((
             label,
@@ -400,9 +433,14 @@ async fn handle(
             plain(status, "")
         }
         None => match forward(upstream, &parts, body).await {
-            Ok(r) => {
-                record(state, info, Outcome::Forwarded(r.status().as_u16()));
-                r
+            Ok(reply) => {
+                let rewrite = lock(state).rewrite.clone();
+                let reply = match rewrite {
+                    Some(rewrite) => rewrite(&info, reply),
+                    None => reply,
+                };
+                record(state, info, Outcome::Forwarded(reply.status));
+                response(reply)
             }
             Err(e) => {
                 record(state, info, Outcome::UpstreamFailed(e.clone()));
@@ -412,11 +450,22 @@ async fn handle(
     }
 }
 
+fn response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut r = plain(reply.status, reply.body);
+    for (k, v) in &reply.headers {
+        if HOP_BY_HOP.contains(&k.as_str()) {
+            continue;
+        }
+        r.headers_mut().append(k, v.clone());
+    }
+    r
+}
+
 async fn forward(
     upstream: &str,
     parts: &hyper::http::request::Parts,
     body: Bytes,
-) -> Result<Response<Full<Bytes>>, String> {
+) -> Result<Reply, String> {
     let path = parts
         .uri
         .path_and_query()
@@ -433,17 +482,9 @@ async fn forward(
         builder = builder.header(CONTENT_LENGTH, body.len());
     }
     let req = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let reply = crate::http::send(upstream, req)
+    crate::http::send(upstream, req)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut r = plain(reply.status, reply.body);
-    for (k, v) in &reply.headers {
-        if HOP_BY_HOP.contains(&k.as_str()) {
-            continue;
-        }
-        r.headers_mut().append(k, v.clone());
-    }
-    Ok(r)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -152,6 +152,65 @@ fn check(name: &str, bytes: &[u8], size: u64, want_crc: &str, got_crc: u64) -> R
     Ok(())
 }
 
+/// One tensor of a safetensors file: its name, shape and byte range in the data section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpan {
+    /// The tensor's name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// First byte in the data section (after the header).
+    pub start: usize,
+    /// One past its last byte.
+    pub end: usize,
+}
+
+/// Reads a safetensors header — the JSON after the 8-byte length — against the length of the
+/// data section that follows it, and returns the tensors in file order. Accepted only when
+/// every tensor is F32 and exactly as long as its shape says (sizes computed without
+/// overflow), and the tensors lie back to back from offset 0 to the end of the section.
+/// `__metadata__` is skipped. Pure: the checkpoint file's bytes are untrusted input, and this
+/// is what `trainer/tests/fuzz.rs` fuzzes.
+pub fn tensor_layout(header: &[u8], body_len: u64) -> Result<Vec<TensorSpan>, String> {
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("bad safetensors header: {e}"))?;
+    let mut infos: Vec<(String, TensorInfo)> = Vec::new();
+    for (k, v) in raw {
+        if k == "__metadata__" {
+            continue;
+        }
+        let info: TensorInfo = serde_json::from_value(v).map_err(|e| format!("tensor {k}: {e}"))?;
+        infos.push((k, info));
+    }
+    infos.sort_by_key(|(_, i)| i.data_offsets.0);
+    let mut at = 0usize;
+    let mut spans = Vec::with_capacity(infos.len());
+    for (k, info) in infos {
+        if info.dtype != safetensors::Dtype::F32 {
+            return Err(format!("tensor {k}: unsupported dtype {:?}", info.dtype));
+        }
+        let (start, end) = info.data_offsets;
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(4usize, |size, &dim| size.checked_mul(dim));
+        if start != at || end < start || end as u64 > body_len || bytes != Some(end - start) {
+            return Err(format!("tensor {k}: offsets {start}..{end} do not fit"));
+        }
+        at = end;
+        spans.push(TensorSpan {
+            name: k,
+            shape: info.shape,
+            start,
+            end,
+        });
+    }
+    if at as u64 != body_len {
+        return Err("trailing bytes after the last tensor".into());
+    }
+    Ok(spans)
+}
+
 /// Reads a safetensors file tensor by tensor into owned buffers, checking size and CRC.
 fn read_tensors(path: &Path, size: u64, want_crc: &str) -> Result<Vec<HostTensor>, String> {
     let name = path
@@ -175,45 +234,17 @@ fn read_tensors(path: &Path, size: u64, want_crc: &str) -> Result<Vec<HostTensor
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
     digest.write(&header);
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| err(format!("bad safetensors header: {e}")))?;
-    let mut infos: Vec<(String, TensorInfo)> = Vec::new();
-    for (k, v) in raw {
-        if k == "__metadata__" {
-            continue;
-        }
-        let info: TensorInfo =
-            serde_json::from_value(v).map_err(|e| err(format!("tensor {k}: {e}")))?;
-        infos.push((k, info));
-    }
-    infos.sort_by_key(|(_, i)| i.data_offsets.0);
-    let body = size - 8 - header_len;
-    let mut at = 0usize;
-    let mut out = Vec::with_capacity(infos.len());
-    for (k, info) in infos {
-        let (start, end) = info.data_offsets;
-        let dtype = match info.dtype {
-            safetensors::Dtype::F32 => burn::tensor::DType::F32,
-            other => return Err(err(format!("tensor {k}: unsupported dtype {other:?}"))),
-        };
-        let elems: usize = info.shape.iter().product();
-        if start != at || end < start || end as u64 > body || (end - start) != elems * 4 {
-            return Err(err(format!(
-                "tensor {k}: offsets {start}..{end} do not fit"
-            )));
-        }
-        let mut buf = vec![0u8; end - start];
+    let spans = tensor_layout(&header, size - 8 - header_len).map_err(err)?;
+    let mut out = Vec::with_capacity(spans.len());
+    for span in spans {
+        let mut buf = vec![0u8; span.end - span.start];
         f.read_exact(&mut buf).map_err(|e| err(e.to_string()))?;
         digest.write(&buf);
-        at = end;
         out.push(HostTensor {
-            name: k,
-            data: TensorData::from_bytes_vec(buf, info.shape.clone(), dtype),
-            shape: info.shape,
+            name: span.name,
+            data: TensorData::from_bytes_vec(buf, span.shape.clone(), burn::tensor::DType::F32),
+            shape: span.shape,
         });
-    }
-    if at as u64 != body {
-        return Err(err("trailing bytes after the last tensor".into()));
     }
     if crc64nvme_to_base64(digest.sum64()) != want_crc {
         return Err(err("CRC-64/NVME mismatch (corrupt)".into()));
