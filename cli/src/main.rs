@@ -6,12 +6,16 @@
 //! - `spotcheck local serve` — the local SageMaker-compatible training service (see
 //!   `docs/local-service.md`).
 //! - `spotcheck demo` — the whole system end to end on this machine, with a report.
+//! - `spotcheck run -- CMD ARGS…` — a training container's PID 1: forwards stop signals, passes
+//!   spot notices on, reaps zombies (crates/launcher, docs/pytorch.md).
 //!
 //! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; `demo` 0 when the final
-//! weights equal the uninterrupted run's, 1 when not; 2 on usage errors and unreadable or
-//! malformed input, for every command.
+//! weights equal the uninterrupted run's, 1 when not; `run` the training command's own code
+//! (128 + signal when a signal ended it; 127 when it cannot be started); 2 on usage errors and
+//! unreadable or malformed input, for every command.
 
 mod local;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +67,9 @@ enum Command {
     /// Train Fashion-MNIST as a managed-spot job on the local service while spot capacity is
     /// taken away, let the control plane recover it, and report.
     Demo(local::Demo),
+    /// Run a training command as a container's PID 1: forward SIGTERM/SIGINT, pass spot notices
+    /// on (notice file + signal), reap zombies, SIGKILL after the grace time, exit with its code.
+    Run(run::RunArgs),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -142,6 +149,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Local(local::Local::Serve(args)) => local::serve(args),
         Command::Demo(args) => local::run_demo(args),
+        Command::Run(args) => Ok(ExitCode::from(run::run(args)?)),
     }
 }
 
