@@ -31,3 +31,10 @@ cargo test --workspace --locked
 
 step "Python package tests (pytest, real PyTorch, the spotcheck CLI)"
 bash scripts/python-tests.sh test
+
+# The README's first command exactly as a newcomer runs it: from the repository root, with
+# its defaults (relative work directory, the default market with unwarned reclaims and a slow
+# checkpoint uploader, default checkpoint settings) — only a shorter run. It exits non-zero
+# unless the lineage completed with weights identical to the uninterrupted run's.
+step "the README's first command: scripts/demo.sh (a shorter run)"
+scripts/demo.sh --steps 240

@@ -15,6 +15,7 @@ use spotcheck_local::demo::{self, DemoConfig};
 use spotcheck_local::market::{MarketConfig, Trace};
 use spotcheck_local::service::ServiceConfig;
 use spotcheck_local::stack::{Stack, StackConfig};
+use spotcheck_local::sync::UploadLimits;
 
 /// `spotcheck local …`.
 #[derive(Subcommand)]
@@ -33,9 +34,46 @@ pub struct MarketFlags {
     #[arg(long)]
     pub seed: Option<u64>,
     /// A trace file of outages replacing the random process:
-    /// {"outages": [{"at_seconds": 600, "duration_seconds": 120, "instance_type": "ml.g5.xlarge"}]}.
+    /// {"outages": [{"at_seconds": 600, "duration_seconds": 120, "instance_type": "ml.g5.xlarge", "warning": false}]}.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Probability that a reclaim sends the trainer SIGTERM and a grace period; otherwise it is
+    /// killed at once, as AWS may do (default 0.5).
+    #[arg(long)]
+    pub reclaim_warning_probability: Option<f64>,
+    /// Seconds before the checkpoint uploader picks a new file up (default 1).
+    #[arg(long)]
+    pub upload_lag_seconds: Option<f64>,
+    /// Checkpoint upload bandwidth in bytes per second; 0 for unlimited (serve: 100000000,
+    /// demo: 262144).
+    #[arg(long)]
+    pub upload_bandwidth: Option<u64>,
+}
+
+impl MarketFlags {
+    /// The reclaim-warning probability, checked.
+    fn warning_probability(&self, default: f64) -> Result<f64> {
+        let p = self.reclaim_warning_probability.unwrap_or(default);
+        if !(0.0..=1.0).contains(&p) {
+            bail!("--reclaim-warning-probability must be between 0 and 1");
+        }
+        Ok(p)
+    }
+
+    /// The uploader's limits, from the flags over `default`.
+    fn upload(&self, default: UploadLimits) -> Result<UploadLimits> {
+        let lag = match self.upload_lag_seconds {
+            None => default.lag,
+            Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+            Some(_) => bail!("--upload-lag-seconds must be a number ≥ 0"),
+        };
+        let bandwidth = match self.upload_bandwidth {
+            None => default.bandwidth,
+            Some(0) => None,
+            Some(b) => Some(b),
+        };
+        Ok(UploadLimits { lag, bandwidth })
+    }
 }
 
 /// `spotcheck local serve`.
@@ -186,9 +224,13 @@ pub fn serve(args: Serve) -> Result<ExitCode> {
     service.market = MarketConfig {
         seed: args.market.seed.unwrap_or(1),
         interruptions_per_hour: args.market.interruptions_per_hour.unwrap_or(0.0),
+        reclaim_warning_probability: args
+            .market
+            .warning_probability(MarketConfig::default().reclaim_warning_probability)?,
         trace: read_trace(&args.market.trace)?,
         ..MarketConfig::default()
     };
+    service.upload = args.market.upload(service.upload)?;
     let mut config = StackConfig::new(service);
     config.sagemaker_addr = args.listen;
     config.s3_addr = args.s3_listen;
@@ -312,6 +354,10 @@ pub fn run_demo(args: Demo) -> Result<ExitCode> {
         config.interruptions_per_hour = rate;
     }
     config.trace = read_trace(&args.market.trace)?;
+    config.reclaim_warning_probability = args
+        .market
+        .warning_probability(config.reclaim_warning_probability)?;
+    config.upload = args.market.upload(config.upload)?;
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use spotcheck_launcher::imds::imds_endpoint;
+use spotcheck_launcher::imds::{imds_endpoint, poll_interval_from_env};
 
 /// Flags of `spotcheck run`.
 #[derive(clap::Args)]
@@ -21,11 +21,11 @@ pub struct RunArgs {
     /// the temporary directory.
     #[arg(long)]
     notice_file: Option<PathBuf>,
-    /// Milliseconds between IMDS polls (AWS recommends 5 s). IMDS is polled when
-    /// AWS_EC2_METADATA_SERVICE_ENDPOINT is set or on EC2 hardware; SPOTCHECK_IMDS=on|off
-    /// overrides.
-    #[arg(long, default_value_t = 5000)]
-    imds_poll_ms: u64,
+    /// Seconds between IMDS polls (default: SPOTCHECK_IMDS_POLL_SECONDS, else AWS's
+    /// recommended 5). IMDS is polled when AWS_EC2_METADATA_SERVICE_ENDPOINT is set or on EC2
+    /// hardware; SPOTCHECK_IMDS=on|off overrides.
+    #[arg(long)]
+    imds_poll_seconds: Option<f64>,
     /// The training command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -39,7 +39,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         std::fs::read_to_string("/sys/devices/virtual/dmi/id/sys_vendor").ok(),
         var("SPOTCHECK_IMDS"),
     )
-    .map(|endpoint| (endpoint, Duration::from_millis(args.imds_poll_ms.max(1))));
+    .map(|endpoint| {
+        let every = args
+            .imds_poll_seconds
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map_or_else(poll_interval_from_env, Duration::from_secs_f64);
+        (endpoint, every)
+    });
     let notice_file = args.notice_file.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("spotcheck-notices-{}.json", std::process::id()))
     });

@@ -324,8 +324,8 @@ echo ready; while :; do sleep 0.05; done"#;
     let mut child = launch(
         dir.path(),
         &[
-            "--imds-poll-ms",
-            "50",
+            "--imds-poll-seconds",
+            "0.05",
             "--notice-file",
             notices.to_str().unwrap(),
         ],
@@ -366,8 +366,8 @@ fn a_rebalance_never_signals_a_command_that_does_not_catch_sigusr1() {
     let mut child = launch(
         dir.path(),
         &[
-            "--imds-poll-ms",
-            "50",
+            "--imds-poll-seconds",
+            "0.05",
             "--notice-file",
             notices.to_str().unwrap(),
         ],

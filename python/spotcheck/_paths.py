@@ -3,8 +3,10 @@
 Pure functions of an environment mapping and a file reader, with the same rules as the Rust
 trainer (trainer/src/sagemaker.rs): the checkpoint root is CheckpointConfig's LocalPath from
 ``/opt/ml/input/config/checkpointconfig.json`` (else ``/opt/ml/checkpoints``); the namespace is
-``SM_CURRENT_HOST``, else ``current_host`` of ``resourceconfig.json``, else ``algo-1``.
-``SPOTCHECK_OPT_ML`` moves ``/opt/ml`` (for tests and local runs).
+``SM_CURRENT_HOST``, else ``current_host`` of ``resourceconfig.json``, else ``algo-1``;
+SageMaker uploads the root to S3 (and deletes there what is deleted here) when the config
+names an ``S3Uri`` and the root is its LocalPath. ``SPOTCHECK_OPT_ML`` moves ``/opt/ml`` (for
+tests and local runs).
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def checkpoint_root(env: Mapping[str, str] = os.environ, read: Reader = read_fil
     opt = _opt_ml(env)
     local = _json_field(read(opt / "input/config/checkpointconfig.json"), "LocalPath")
     return Path(local) if local else opt / "checkpoints"
+
+
+def checkpoint_synced(
+    directory: Path, env: Mapping[str, str] = os.environ, read: Reader = read_file
+) -> bool:
+    """Whether SageMaker's checkpoint sync mirrors ``directory`` to S3."""
+    opt = _opt_ml(env)
+    raw = read(opt / "input/config/checkpointconfig.json")
+    if _json_field(raw, "S3Uri") is None:
+        return False
+    local = _json_field(raw, "LocalPath")
+    return Path(directory) == (Path(local) if local else opt / "checkpoints")
 
 
 def namespace(env: Mapping[str, str] = os.environ, read: Reader = read_file) -> str:

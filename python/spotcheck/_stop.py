@@ -8,7 +8,9 @@ of two ways:
   the notice file and signals this process (SIGTERM for a spot notice, SIGUSR1 for a
   rebalance); the file is read whenever it changes, so it works even where signal handlers
   cannot be installed;
-- on its own: a native thread polls IMDS (where IMDS can exist, same rules as the trainer).
+- on its own: a native thread polls IMDS (where IMDS can exist; the shared rules of the
+  `spotcheck-notices` crate, as the trainer: backing off, never giving up, while IMDS does not
+  answer).
 
 Handlers only set flags; the training loop asks at step boundaries, so a step is never torn.
 """
@@ -67,9 +69,12 @@ class StopWatch:
                 env.get("SPOTCHECK_IMDS"),
             )
             if endpoint:
-                poll_ms = int(env.get("SPOTCHECK_IMDS_POLL_MS") or 5000)
-                log.info("polling %s for spot notices every %.1f s", endpoint, poll_ms / 1000)
-                self._watcher = _native.NoticeWatcher(endpoint, poll_ms)
+                try:
+                    every = float(env.get("SPOTCHECK_IMDS_POLL_SECONDS") or 5.0)
+                except ValueError:
+                    every = 5.0
+                log.info("polling %s for spot notices every %.1f s", endpoint, every)
+                self._watcher = _native.NoticeWatcher(endpoint, every)
 
     def _install(self, signum: int, stop: bool) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -96,14 +101,13 @@ class StopWatch:
     def refresh(self) -> None:
         """Takes in notices from the IMDS thread and the notice file."""
         if self._watcher is not None:
-            for kind, body in self._watcher.take():
-                if kind == "spot":
-                    log.warning("spot interruption notice: %s", body.strip())
-                    if self.reason is None:
-                        self.reason = "spot-notice"
-                else:
-                    log.info("rebalance recommendation: one extra checkpoint")
-                    self._rebalance_pending += 1
+            spot, rebalance = self._watcher.take()
+            if spot and self.reason is None:
+                log.warning("spot interruption notice: saving and stopping")
+                self.reason = "spot-notice"
+            if rebalance:
+                log.info("rebalance recommendation: one extra checkpoint")
+                self._rebalance_pending += 1
         if self._notice_file is not None:
             self._read_notice_file()
         if self._signalled and self.reason is None:

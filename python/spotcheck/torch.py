@@ -171,6 +171,8 @@ class Checkpointer:
             LocalPath, else ``/opt/ml/checkpoints``.
         keep: valid checkpoints of this host to keep (at least 1). The newest valid one is
             never deleted, and incomplete ones are deleted only once a newer one is valid.
+            Where SageMaker's checkpoint sync mirrors the folder, only fully uploaded
+            checkpoints count, and the newest uploaded one is never deleted.
         namespace: this host's (or rank's) folder; default ``SM_CURRENT_HOST`` or ``algo-1``.
             Processes sharing a root must use different namespaces.
         interruptions_per_hour: expected interruption rate for :meth:`due`'s adaptive
@@ -181,6 +183,8 @@ class Checkpointer:
             at memory speed) or ``"full"`` (also SHA-256).
         handle_signals: install SIGTERM/SIGINT (and, under ``spotcheck run``, SIGUSR1)
             handlers that make :meth:`should_stop` true; needs the main thread.
+        synced: whether an uploader mirrors the folder to S3 and deletes there what retention
+            deletes here; ``None``: SageMaker's checkpoint sync of its LocalPath is detected.
     """
 
     def __init__(
@@ -195,6 +199,7 @@ class Checkpointer:
         adaptive: bool = True,
         verify: str = "crc",
         handle_signals: bool = True,
+        synced: Optional[bool] = None,
     ) -> None:
         if verify not in ("crc", "full"):
             raise ValueError(f'verify must be "crc" or "full", not {verify!r}')
@@ -204,6 +209,7 @@ class Checkpointer:
         self.namespace = namespace or _paths.namespace()
         self.keep = keep
         self.verify = verify
+        self.synced = _paths.checkpoint_synced(self.directory) if synced is None else synced
         #: Plain values restored by :meth:`restore`, by keyword.
         self.values: Dict[str, Any] = {}
         #: Checkpoints :meth:`restore` passed over, newest first: ``(name, reason)``.
@@ -281,6 +287,7 @@ class Checkpointer:
             int(time.time() * 1000),
             json.dumps(meta),
             self.keep,
+            self.synced,
             self._pause_ms,
             self._gate,
         )

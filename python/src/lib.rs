@@ -14,8 +14,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -23,7 +23,7 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use spotcheck_launcher::imds::{self, Imds, Notice};
+use spotcheck_notices::StopFlags;
 use spotcheck_tensors::persister::Outcome;
 use spotcheck_tensors::{
     parse_header, plan, FileLayout, FileSource, HostRegion, HostRegionMut, OpenCheckpoint,
@@ -132,12 +132,14 @@ impl Persister {
         lock(&self.core).busy()
     }
 
-    /// Hands a save to the thread; `False` (nothing done) while another is in flight.
+    /// Hands a save to the thread; `False` (nothing done) while another is in flight. `synced`:
+    /// an uploader mirrors `root` to S3 (SageMaker's checkpoint sync), so retention counts only
+    /// fully uploaded checkpoints as kept.
     ///
     /// `files` = `[(name, bytes)]` for small files, or `[(name, (layout, address, owner))]`
     /// for a safetensors file whose data section is `layout.data_len` bytes at `address`,
     /// owned by `owner` (a tensor).
-    #[pyo3(signature = (root, namespace, step, files, created_at_ms, meta_json, keep, pause_ms=None, gate=None))]
+    #[pyo3(signature = (root, namespace, step, files, created_at_ms, meta_json, keep, synced, pause_ms=None, gate=None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -148,6 +150,7 @@ impl Persister {
         created_at_ms: u64,
         meta_json: Option<String>,
         keep: usize,
+        synced: bool,
         pause_ms: Option<u64>,
         gate: Option<PathBuf>,
     ) -> PyResult<bool> {
@@ -195,6 +198,7 @@ impl Persister {
             created_at_ms,
             meta,
             keep,
+            synced,
             pause_before_manifest: pause_ms.map(Duration::from_millis),
             gate_before_manifest: gate,
         };
@@ -364,7 +368,8 @@ impl Checkpoint {
     }
 }
 
-/// Where to poll IMDS, if anywhere (the trainer's rules); `None` for nowhere.
+/// Where to poll IMDS, if anywhere (the shared rules of `spotcheck-notices`); `None` for
+/// nowhere.
 #[pyfunction]
 #[pyo3(signature = (env_endpoint, dmi_vendor, mode))]
 fn imds_endpoint(
@@ -372,53 +377,48 @@ fn imds_endpoint(
     dmi_vendor: Option<String>,
     mode: Option<String>,
 ) -> Option<String> {
-    imds::imds_endpoint(env_endpoint, dmi_vendor, mode)
+    spotcheck_notices::imds_endpoint(env_endpoint, dmi_vendor, mode)
 }
 
-/// Polls IMDS on a Rust thread; `take()` returns the notices seen since the last call.
-#[pyclass(module = "spotcheck._native")]
+/// Polls IMDS on a Rust thread (`spotcheck-notices`' poller: backs off, never gives up);
+/// `take()` returns what it saw since the last call.
+#[pyclass(module = "spotcheck._native", frozen)]
 struct NoticeWatcher {
-    seen: Arc<Mutex<Vec<Notice>>>,
-    stop: Arc<AtomicBool>,
+    flags: StopFlags,
 }
 
 #[pymethods]
 impl NoticeWatcher {
     #[new]
-    fn new(endpoint: String, poll_ms: u64) -> PyResult<NoticeWatcher> {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let sink = Arc::clone(&seen);
-        imds::spawn_poller(
-            Box::new(Imds::new(&endpoint)),
-            Duration::from_millis(poll_ms.max(1)),
-            move |notice| lock(&sink).push(notice),
-            Arc::clone(&stop),
-        )
-        .map_err(checkpoint_error)?;
-        Ok(NoticeWatcher { seen, stop })
+    fn new(endpoint: String, poll_seconds: f64) -> PyResult<NoticeWatcher> {
+        let every = Duration::try_from_secs_f64(poll_seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(spotcheck_notices::POLL_EVERY);
+        let flags = StopFlags::default();
+        spotcheck_notices::spawn_imds_poller(endpoint, flags.clone(), every)
+            .map_err(checkpoint_error)?;
+        Ok(NoticeWatcher { flags })
     }
 
-    /// `[(kind, body)]` with kind `"spot"` or `"rebalance"`, oldest first.
-    fn take(&self) -> Vec<(String, String)> {
-        lock(&self.seen)
-            .drain(..)
-            .map(|n| match n {
-                Notice::Spot(body) => ("spot".to_owned(), body),
-                Notice::Rebalance(body) => ("rebalance".to_owned(), body),
-            })
-            .collect()
+    /// `(spot, rebalance)`: whether a spot interruption was announced (stays true), and
+    /// whether a rebalance recommendation arrived since the last call.
+    fn take(&self) -> (bool, bool) {
+        (
+            self.flags.spot_notice.load(Ordering::SeqCst),
+            self.flags.take_rebalance(),
+        )
     }
 
     /// Stops polling (after the poll in progress).
     fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.flags.signal.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for NoticeWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.flags.signal.store(true, Ordering::SeqCst);
     }
 }
 

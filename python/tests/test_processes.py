@@ -190,9 +190,9 @@ def test_a_spot_notice_ends_in_a_final_checkpoint_and_143(tmp_path, imds, launch
         tmp_path,
         SPOTCHECK_IMDS="on",
         AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url,
-        SPOTCHECK_IMDS_POLL_MS="50",
+        SPOTCHECK_IMDS_POLL_SECONDS="0.05",
     )
-    prefix = [str(spotcheck_bin()), "run", "--imds-poll-ms", "50", "--"] if launcher else None
+    prefix = [str(spotcheck_bin()), "run", "--imds-poll-seconds", "0.05", "--"] if launcher else None
     proc = start(args, env, tmp_path / "stderr.log", prefix)
     seen: List[str] = []
     run_until_line(proc, "step 20", seen)
@@ -208,7 +208,7 @@ def test_a_rebalance_through_spotcheck_run_asks_for_one_extra_checkpoint(tmp_pat
     # No periodic saves after the first: any later save is the rebalance's.
     args = example_args(ckpt, tmp_path / "model", "--epochs", "100000", "--every-steps", "100000", "--no-adaptive")
     env = child_env(tmp_path, SPOTCHECK_IMDS="on", AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
-    launcher = [str(spotcheck_bin()), "run", "--imds-poll-ms", "50", "--"]
+    launcher = [str(spotcheck_bin()), "run", "--imds-poll-seconds", "0.05", "--"]
     proc = start(args, env, tmp_path / "stderr.log", launcher)
     seen: List[str] = []
     run_until_line(proc, "saving 1", seen)

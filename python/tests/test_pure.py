@@ -96,5 +96,10 @@ def test_sagemaker_paths_and_namespace(tmp_path: Path):
     assert _paths.checkpoint_root(env, files.get) == Path("/ckpt")
     assert _paths.namespace(env, files.get) == "algo-3"
     assert _paths.namespace({**env, "SM_CURRENT_HOST": "algo-2"}, files.get) == "algo-2"
+    assert _paths.checkpoint_synced(Path("/ckpt"), env, files.get)
+    assert not _paths.checkpoint_synced(Path("/elsewhere"), env, files.get)
+    assert not _paths.checkpoint_synced(Path("/opt/ml/checkpoints"), {}, lambda p: None), "no S3Uri: no sync"
+    default_local = {tmp_path / "input/config/checkpointconfig.json": b'{"S3Uri": "s3://b/p"}'}
+    assert _paths.checkpoint_synced(tmp_path / "checkpoints", env, default_local.get)
     assert _paths.checkpoint_root({}, lambda p: None) == Path("/opt/ml/checkpoints")
     assert _paths.namespace({}, lambda p: b"not json") == "algo-1"

@@ -21,7 +21,8 @@ use spotcheck_tests::checkpoints::{copy_prefix, delete, get, put, CountingStore}
 use spotcheck_tests::emulators::{self, sdk_config, Emulators, Tuning};
 use spotcheck_tests::proxy::FaultProxy;
 
-fn train_exe() -> PathBuf {
+/// The `train` binary (see the module doc).
+pub(crate) fn train_exe() -> PathBuf {
     if let Some(p) = std::env::var_os("SPOTCHECK_TRAIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }

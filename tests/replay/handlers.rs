@@ -291,6 +291,7 @@ async fn spot_lineage_is_relaunched_recorded_and_replayed_without_duplicates() {
             // The interrupted parent stays InProgress/Interrupted for 4 s of wall time: its
             // event is handled (through EventBridge and SQS) while it is still current.
             grace_seconds: 400.0,
+            warned_reclaims: true,
         },
     )
     .await;

@@ -92,6 +92,9 @@ pub struct Options {
     /// Simulated seconds between SIGTERM and SIGKILL (SageMaker: 120). The training script
     /// ignores SIGTERM, so an interrupted or stopping job stays so this long.
     pub grace_seconds: f64,
+    /// Whether the outages warn the training process (SIGTERM, then the grace period) or kill
+    /// it at once.
+    pub warned_reclaims: bool,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
             outages: Vec::new(),
             tracked_events: false,
             grace_seconds: 120.0,
+            warned_reclaims: true,
         }
     }
 }
@@ -137,6 +141,7 @@ impl LocalSageMaker {
                         at_seconds: *at,
                         duration_seconds: *len,
                         instance_type: Some(t.clone()),
+                        warning: Some(options.warned_reclaims),
                     })
                     .collect(),
             }),

@@ -32,37 +32,151 @@ pub fn mtbf(expected_per_hour: f64, restarts: u32, run_seconds: f64) -> Option<D
     (rate > 0.0).then(|| Duration::from_secs_f64(3600.0 / rate))
 }
 
-/// What is due at a step boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Nothing.
-    No,
-    /// A periodic checkpoint (skipped while another persist is in flight).
-    Periodic,
-}
-
-/// Fixed and adaptive triggers, evaluated at step boundaries.
+/// Fixed triggers, evaluated at step boundaries.
 #[derive(Debug, Clone)]
 pub struct Triggers {
     /// Every N steps (0: off).
     pub every_steps: u64,
     /// Every T of training time.
     pub every: Option<Duration>,
-    /// The current adaptive interval, once a checkpoint cost has been measured.
-    pub adaptive: Option<Duration>,
 }
 
 impl Triggers {
-    /// Whether a checkpoint is due after `step`, `since_last` after the previous one.
-    pub fn due(&self, step: u64, since_last: Duration) -> Due {
+    /// Whether a fixed trigger fires after `step`, `since_last` after the previous checkpoint.
+    pub fn fire(&self, step: u64, since_last: Duration) -> bool {
         let by_steps = self.every_steps > 0 && step.is_multiple_of(self.every_steps);
         let by_time = self.every.is_some_and(|t| since_last >= t);
-        let by_adaptive = self.adaptive.is_some_and(|t| since_last >= t);
-        if by_steps || by_time || by_adaptive {
-            Due::Periodic
-        } else {
-            Due::No
+        by_steps || by_time
+    }
+}
+
+/// Why a checkpoint is taken (logged with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The first checkpoint of this process: it measures the cost the adaptive interval is
+    /// computed from. Every process measures its own (a resumed one too), so the adaptive
+    /// interval never depends on what an earlier process saw.
+    Measure,
+    /// A fixed trigger or the adaptive interval.
+    Periodic,
+    /// A rebalance recommendation asked for one.
+    Rebalance,
+    /// The previous persist failed; trying again after a backoff.
+    Retry,
+    /// The end of training or a stop.
+    Final,
+}
+
+/// The longest wait before retrying a failed persist.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The wait before retrying after `failures` consecutive failed persists: 1, 2, 4 … seconds,
+/// capped at [`MAX_RETRY_BACKOFF`] (a full disk must not be hammered, nor given up on).
+pub fn retry_backoff(failures: u32) -> Duration {
+    let secs = 1u64
+        .checked_shl(failures.saturating_sub(1).min(16))
+        .unwrap_or(u64::MAX);
+    Duration::from_secs(secs).min(MAX_RETRY_BACKOFF)
+}
+
+/// When to checkpoint: the fixed triggers, the adaptive Young/Daly interval, rebalance
+/// requests and retries after failures, as one pure state machine driven by the training loop
+/// at step boundaries (durations in, decisions out; no clock).
+#[derive(Debug, Clone)]
+pub struct Planner {
+    triggers: Triggers,
+    adaptive_enabled: bool,
+    /// The adaptive interval from the last measured cost, before the upload floor.
+    adaptive: Option<Duration>,
+    /// How long the last checkpoint took to reach S3 (`Duration::ZERO` when nothing uploads).
+    upload_floor: Duration,
+    measured: bool,
+    rebalance_pending: bool,
+    failures: u32,
+}
+
+impl Planner {
+    /// A planner with these fixed triggers, plus the adaptive interval when enabled.
+    pub fn new(triggers: Triggers, adaptive_enabled: bool) -> Self {
+        Planner {
+            triggers,
+            adaptive_enabled,
+            adaptive: None,
+            upload_floor: Duration::ZERO,
+            measured: false,
+            rebalance_pending: false,
+            failures: 0,
         }
+    }
+
+    /// A rebalance recommendation arrived: one checkpoint is owed until one is taken, even if a
+    /// persist is in flight now.
+    pub fn note_rebalance(&mut self) {
+        self.rebalance_pending = true;
+    }
+
+    /// The adaptive interval in force: Young/Daly from the measured cost, never shorter than
+    /// the time the last checkpoint took to upload (checkpointing faster than the uploader
+    /// ships only queues checkpoints that die with the instance).
+    pub fn adaptive_interval(&self) -> Option<Duration> {
+        self.adaptive.map(|t| t.max(self.upload_floor))
+    }
+
+    /// What, if anything, to checkpoint now: after `step`, `since_last` after the previous
+    /// checkpoint was taken, with a persist in flight or not. While one is in flight nothing is
+    /// taken (and nothing owed is forgotten: the next boundary asks again).
+    pub fn due(&mut self, step: u64, since_last: Duration, busy: bool) -> Option<Why> {
+        if busy {
+            return None;
+        }
+        let why = if self.failures > 0 {
+            (since_last >= retry_backoff(self.failures)).then_some(Why::Retry)
+        } else if self.adaptive_enabled && !self.measured {
+            Some(Why::Measure)
+        } else if self.rebalance_pending {
+            Some(Why::Rebalance)
+        } else if self.triggers.fire(step, since_last)
+            || self.adaptive_interval().is_some_and(|t| since_last >= t)
+        {
+            Some(Why::Periodic)
+        } else {
+            None
+        };
+        if why.is_some() {
+            // Any checkpoint satisfies a pending rebalance request.
+            self.rebalance_pending = false;
+        }
+        why
+    }
+
+    /// A persist succeeded: `stall` is what the loop paid for its snapshot, `persist` the time
+    /// to durable; `mtbf` the current estimate of the time between interruptions (`None`: no
+    /// adaptive interval).
+    pub fn persisted(&mut self, stall: Duration, persist: Duration, mtbf: Option<Duration>) {
+        self.failures = 0;
+        self.measured = true;
+        if self.adaptive_enabled {
+            if let Some(m) = mtbf {
+                self.adaptive = Some(daly_interval(stall, m).max(persist));
+            }
+        }
+    }
+
+    /// A persist failed: retry after a backoff, even if fixed triggers are not due.
+    pub fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// The uploader's pace: the last checkpoint took `took` to reach S3 after it was written,
+    /// or the oldest one still on its way has waited that long already.
+    pub fn upload_pace(&mut self, took: Duration) {
+        self.upload_floor = took;
+    }
+
+    /// Consecutive failed persists.
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 }
 
@@ -97,10 +211,94 @@ mod tests {
         let t = Triggers {
             every_steps: 5,
             every: Some(Duration::from_secs(10)),
-            adaptive: None,
         };
-        assert_eq!(t.due(5, Duration::ZERO), Due::Periodic);
-        assert_eq!(t.due(6, Duration::from_secs(3)), Due::No);
-        assert_eq!(t.due(7, Duration::from_secs(10)), Due::Periodic);
+        assert!(t.fire(5, Duration::ZERO));
+        assert!(!t.fire(6, Duration::from_secs(3)));
+        assert!(t.fire(7, Duration::from_secs(10)));
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn adaptive_only() -> Planner {
+        Planner::new(
+            Triggers {
+                every_steps: 0,
+                every: None,
+            },
+            true,
+        )
+    }
+
+    #[test]
+    fn every_process_measures_its_first_checkpoint_then_goes_adaptive() {
+        // A resumed process starts with a fresh planner: it measures at its first boundary,
+        // whatever step that is (the regression: only step 1 of a fresh run measured, so a
+        // resumed run never checkpointed again until the end).
+        let mut p = adaptive_only();
+        assert_eq!(p.due(5_001, secs(0.0), false), Some(Why::Measure));
+        p.persisted(secs(0.001), secs(0.02), Some(secs(3600.0)));
+        let t = p.adaptive_interval().unwrap();
+        assert!(t > secs(2.0) && t < secs(3.0), "{t:?}");
+        assert_eq!(p.due(5_002, secs(1.0), false), None);
+        assert_eq!(p.due(5_100, t, false), Some(Why::Periodic));
+        assert_eq!(p.due(5_101, t, true), None, "never while one is in flight");
+        assert_eq!(p.due(5_102, t * 2, false), Some(Why::Periodic), "and again");
+    }
+
+    #[test]
+    fn a_failed_persist_is_retried_with_backoff_even_the_measuring_one() {
+        let mut p = adaptive_only();
+        assert_eq!(p.due(1, Duration::ZERO, false), Some(Why::Measure));
+        p.failed();
+        assert_eq!(p.due(2, secs(0.5), false), None);
+        assert_eq!(p.due(3, secs(1.0), false), Some(Why::Retry));
+        p.failed();
+        assert_eq!(p.due(4, secs(1.5), false), None);
+        assert_eq!(p.due(5, secs(2.0), false), Some(Why::Retry));
+        p.persisted(secs(0.001), secs(0.01), Some(secs(3600.0)));
+        assert_eq!(p.failures(), 0);
+        assert!(p.adaptive_interval().is_some());
+        assert_eq!(retry_backoff(30), MAX_RETRY_BACKOFF);
+        // Fixed triggers only (adaptive off): a failure is retried too.
+        let mut p = Planner::new(
+            Triggers {
+                every_steps: 100,
+                every: None,
+            },
+            false,
+        );
+        assert_eq!(p.due(1, Duration::ZERO, false), None);
+        assert_eq!(p.due(100, Duration::ZERO, false), Some(Why::Periodic));
+        p.failed();
+        assert_eq!(p.due(101, secs(1.0), false), Some(Why::Retry));
+    }
+
+    #[test]
+    fn a_rebalance_during_a_persist_is_not_lost() {
+        let mut p = adaptive_only();
+        assert_eq!(p.due(1, Duration::ZERO, false), Some(Why::Measure));
+        p.note_rebalance();
+        // The measuring persist is still in flight: nothing now, but the request stays.
+        assert_eq!(p.due(2, secs(0.01), true), None);
+        assert_eq!(p.due(3, secs(0.02), true), None);
+        p.persisted(secs(0.001), secs(0.05), Some(secs(3600.0)));
+        assert_eq!(p.due(4, secs(0.06), false), Some(Why::Rebalance));
+        assert_eq!(p.due(5, secs(0.01), false), None, "taken once");
+    }
+
+    #[test]
+    fn the_upload_pace_floors_the_adaptive_interval() {
+        let mut p = adaptive_only();
+        p.due(1, Duration::ZERO, false);
+        p.persisted(secs(0.001), secs(0.02), Some(secs(3600.0)));
+        let young = p.adaptive_interval().unwrap();
+        p.upload_pace(secs(30.0));
+        assert_eq!(p.adaptive_interval(), Some(secs(30.0)));
+        assert_eq!(p.due(10, young, false), None);
+        assert_eq!(p.due(11, secs(30.0), false), Some(Why::Periodic));
+        p.upload_pace(Duration::ZERO);
+        assert_eq!(p.adaptive_interval(), Some(young));
     }
 }

@@ -5,8 +5,8 @@
 //! The binary (`train`) only wires; the modules hold the parts: [`hyper`] (hyperparameters),
 //! [`sagemaker`] (the container contract), [`data`] and [`sampler`] (what each step sees),
 //! [`model`], [`params`] and [`optim`] (the math), [`snapshot`], [`persist`], [`resume`] and
-//! [`retention`] (checkpoints), [`interval`] and [`signals`] (when to checkpoint), [`train`]
-//! (the loop).
+//! [`retention`] (checkpoints), [`interval`] (when to checkpoint; the stop and notice flags
+//! come from `spotcheck-notices`), [`train`] (the loop).
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -24,7 +24,6 @@ pub mod s3sync;
 pub mod sagemaker;
 pub mod sampler;
 pub mod schedule;
-pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod train;

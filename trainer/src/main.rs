@@ -11,10 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use spotcheck_notices::{self as notices, StopFlags};
 use spotcheck_trainer::backend::{self, Chosen};
 use spotcheck_trainer::hyper::Hyperparameters;
 use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
-use spotcheck_trainer::signals::{self, StopFlags};
 use spotcheck_trainer::train::{self, Outcome, Run};
 
 /// Exit code after a stop with a durable checkpoint.
@@ -112,14 +112,11 @@ fn run(args: Args) -> Result<Outcome> {
     flags
         .install_signal_handlers()
         .context("installing signal handlers")?;
-    let vendor = std::fs::read_to_string("/sys/devices/virtual/dmi/id/sys_vendor").ok();
-    if let Some(endpoint) = signals::imds_endpoint(
-        std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok(),
-        vendor,
-        std::env::var("SPOTCHECK_IMDS").ok(),
-    ) {
-        tracing::info!(event = "imds_polling", endpoint = %endpoint, "polling for spot notices every 5 s");
-        signals::spawn_imds_poller(endpoint, flags.clone(), signals::POLL_EVERY);
+    if let Some(endpoint) = notices::imds_endpoint_from_env() {
+        let every = notices::poll_interval_from_env();
+        tracing::info!(event = "imds_polling", endpoint = %endpoint, every_seconds = every.as_secs_f64(), "polling for spot notices");
+        notices::spawn_imds_poller(endpoint, flags.clone(), every)
+            .context("starting the spot-notice poller")?;
     }
     let chosen = backend::choose(
         hp.backend,

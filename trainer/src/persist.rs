@@ -2,20 +2,27 @@
 //!
 //! The training loop hands over a [`Snapshot`] and goes on; this thread encodes, hashes,
 //! fsyncs and renames (through the shared protocol crate's writer), then applies retention.
-//! At most one persist is in flight: a periodic checkpoint that comes due while one is in
-//! flight is skipped (the loop tries again at the next step boundary), while a final checkpoint
-//! (end of training, SIGTERM, spot notice) waits for the one in flight and then for itself.
+//! At most one persist is in flight: a checkpoint that comes due while one is in flight is not
+//! taken (the loop's [`crate::interval::Planner`] asks again at the next step boundary, and
+//! keeps a rebalance request until it is served), while a final checkpoint (end of training,
+//! SIGTERM, spot notice) waits for the one in flight and then for itself.
+//!
+//! Where an uploader ships the checkpoint root to S3 — SageMaker's checkpoint sync, or the
+//! trainer's own [`Mirror`] — a checkpoint only survives the instance once it is fully
+//! uploaded (its files' `.sagemaker-uploaded` markers). The thread then watches the markers of
+//! the checkpoints it wrote: retention counts only uploaded ones (the newest uploaded is never
+//! deleted), and the loop learns how long uploads take, to checkpoint no faster than that.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use spotcheck_protocol::{CheckpointWriter, ValidCheckpoint};
+use spotcheck_protocol::{is_fully_uploaded, CheckpointWriter, ValidCheckpoint};
 
-use crate::s3sync::S3Sync;
-
+use crate::interval::Why;
+use crate::s3sync::Mirror;
 use crate::snapshot::{self, Snapshot};
 
 /// File names inside a checkpoint directory.
@@ -25,19 +32,35 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// Trainer state file.
 pub const STATE_FILE: &str = "trainer_state.json";
 
+/// How often the thread looks at the upload markers while idle.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
 /// The outcome of one persist, reported back to the training loop.
 #[derive(Debug)]
 pub struct Persisted {
     /// The step the checkpoint holds.
     pub step: u64,
+    /// Why it was taken.
+    pub why: Why,
     /// Its directory.
     pub dir: PathBuf,
     /// Time from hand-over to durable.
     pub duration: Duration,
     /// Bytes written.
     pub bytes: u64,
-    /// `Err` holds the reason a persist failed; the previous checkpoint stays the valid one.
-    pub result: Result<(), String>,
+    /// The committed checkpoint, or the reason the persist failed (the previous checkpoint
+    /// stays the valid one).
+    pub result: Result<ValidCheckpoint, String>,
+}
+
+/// What the persister tells the loop.
+#[derive(Debug)]
+pub enum PersistEvent {
+    /// A persist finished (or failed).
+    Persisted(Persisted),
+    /// The uploader's pace: a checkpoint became fully uploaded this long after it was
+    /// written, or the oldest one still on its way has waited this long.
+    UploadPace(Duration),
 }
 
 /// Testing hook: pause this long between the data files and the manifest, to let tests kill
@@ -48,14 +71,6 @@ fn fault_pause() -> Option<Duration> {
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
-}
-
-/// Handle on the persister thread.
-pub struct Persister {
-    tx: Option<SyncSender<Snapshot>>,
-    rx: Receiver<Persisted>,
-    in_flight: bool,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
 /// Writes one checkpoint; returns it as committed and its size.
@@ -102,65 +117,126 @@ pub fn write_checkpoint(
     Ok((committed, bytes))
 }
 
+/// Where checkpoints go and how they are kept.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// The checkpoint root.
+    pub root: PathBuf,
+    /// This host's namespace under it.
+    pub namespace: String,
+    /// Checkpoints kept (see `spotcheck_protocol::plan_retention`).
+    pub keep: usize,
+    /// Whether something uploads the root to S3 (SageMaker's sync or the mirror).
+    pub synced: bool,
+}
+
+/// Checkpoints written by this process and not yet seen fully uploaded.
+struct Pending {
+    dir: PathBuf,
+    ckpt: ValidCheckpoint,
+    written: Instant,
+}
+
+/// Handle on the persister thread.
+pub struct Persister {
+    tx: Option<SyncSender<(Snapshot, Why)>>,
+    rx: Receiver<PersistEvent>,
+    in_flight: bool,
+    mirror: Option<Mirror>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// Watches upload markers; returns the pace to report, if any. Pure over the filesystem's
+/// answers and the clock reading it is given.
+fn watch_uploads(pending: &mut Vec<Pending>, now: Instant) -> (Vec<u64>, Option<Duration>) {
+    let mut uploaded = Vec::new();
+    let mut pace = None;
+    pending.retain(|p| {
+        if !p.dir.exists() {
+            return false;
+        }
+        if is_fully_uploaded(&p.dir, &p.ckpt.manifest) {
+            uploaded.push(p.ckpt.manifest.step);
+            pace = Some(now.saturating_duration_since(p.written));
+            return false;
+        }
+        true
+    });
+    let oldest_wait = pending
+        .iter()
+        .map(|p| now.saturating_duration_since(p.written))
+        .max();
+    if let Some(wait) = oldest_wait {
+        if pace.is_none_or(|p| wait > p) {
+            pace = Some(wait);
+        }
+    }
+    (uploaded, pace)
+}
+
 impl Persister {
-    /// Starts the thread writing under `root/namespace`, keeping `keep` valid checkpoints, and
-    /// uploading each one to S3 when `s3` is given.
-    pub fn start(root: PathBuf, namespace: String, keep: usize, s3: Option<S3Sync>) -> Self {
-        let (tx, work) = mpsc::sync_channel::<Snapshot>(1);
+    /// Starts the thread writing to `dest`, handing each committed checkpoint to `mirror`
+    /// when given.
+    pub fn start(dest: Destination, mirror: Option<Mirror>) -> std::io::Result<Self> {
+        let (tx, work) = mpsc::sync_channel::<(Snapshot, Why)>(1);
         let (done, rx) = mpsc::channel();
         let pause = fault_pause();
+        let mirror_tx = mirror.as_ref().map(Mirror::sender);
         let thread = thread::Builder::new()
             .name("persister".into())
             .spawn(move || {
-                for snap in work {
-                    let started = Instant::now();
-                    let step = snap.state.step;
-                    let bytes = snap.tensor_bytes() as u64;
-                    tracing::info!(event = "persist_started", step);
-                    let result = write_checkpoint(&root, &namespace, &snap, pause);
-                    drop(snap);
-                    let outcome = match result {
-                        Ok((committed, written)) => {
-                            if let Some(s3) = &s3 {
-                                let t = Instant::now();
-                                match s3.upload(&root, &committed) {
-                                    Ok(n) => {
-                                        tracing::info!(event = "s3_uploaded", step, bytes = n, seconds = t.elapsed().as_secs_f64());
-                                        match s3.prune(&namespace, keep) {
-                                            Ok(0) => {}
-                                            Ok(deleted) => tracing::info!(event = "s3_pruned", step, deleted),
-                                            Err(e) => tracing::warn!(event = "s3_prune_failed", error = %e, "could not prune old checkpoints in S3; the next checkpoint retries"),
-                                        }
-                                    }
-                                    Err(e) => tracing::error!(event = "s3_upload_failed", step, error = %e, "checkpoint is durable locally but not in S3; the next checkpoint retries"),
+                let mut pending: Vec<Pending> = Vec::new();
+                let mut last_pace: Option<Duration> = None;
+                loop {
+                    let got = if dest.synced {
+                        work.recv_timeout(WATCH_EVERY)
+                    } else {
+                        work.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    };
+                    match got {
+                        Ok((snap, why)) => {
+                            let outcome = persist_one(&dest, snap, why, pause);
+                            if let Ok(ckpt) = &outcome.result {
+                                if let Some(m) = &mirror_tx {
+                                    m.submit(ckpt.clone());
+                                }
+                                if dest.synced {
+                                    pending.push(Pending {
+                                        dir: ckpt.dir.clone(),
+                                        ckpt: ckpt.clone(),
+                                        written: Instant::now(),
+                                    });
                                 }
                             }
-                            let dir = committed.dir;
-                            if let Err(e) = crate::retention::apply(&root, &namespace, keep) {
-                                tracing::warn!(event = "retention_failed", error = %e, "could not prune old checkpoints");
+                            if done.send(PersistEvent::Persisted(outcome)).is_err() {
+                                return;
                             }
-                            Persisted { step, dir, duration: started.elapsed(), bytes: written, result: Ok(()) }
                         }
-                        Err(e) => Persisted {
-                            step,
-                            dir: root.join(&namespace),
-                            duration: started.elapsed(),
-                            bytes,
-                            result: Err(e),
-                        },
-                    };
-                    if done.send(outcome).is_err() {
-                        return;
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if dest.synced && !pending.is_empty() {
+                        let (uploaded, pace) = watch_uploads(&mut pending, Instant::now());
+                        if !uploaded.is_empty() {
+                            tracing::info!(event = "checkpoint_uploaded", steps = ?uploaded);
+                            apply_retention(&dest);
+                        }
+                        if let Some(p) = pace.filter(|p| Some(*p) != last_pace) {
+                            last_pace = Some(p);
+                            if done.send(PersistEvent::UploadPace(p)).is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
-            })
-            .expect("spawning the persister thread at start-up");
-        Self {
+            })?;
+        Ok(Self {
             tx: Some(tx),
             rx,
             in_flight: false,
+            mirror,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Whether a persist is in flight.
@@ -170,40 +246,98 @@ impl Persister {
 
     /// Hands a snapshot over. The caller must check [`Persister::busy`] first (or call
     /// [`Persister::wait`]).
-    pub fn submit(&mut self, snap: Snapshot) -> Result<(), String> {
+    pub fn submit(&mut self, snap: Snapshot, why: Why) -> Result<(), String> {
         debug_assert!(!self.in_flight, "one persist at a time");
         let tx = self.tx.as_ref().ok_or("persister stopped")?;
-        tx.send(snap)
+        tx.send((snap, why))
             .map_err(|_| "persister thread ended".to_string())?;
         self.in_flight = true;
         Ok(())
     }
 
-    /// The outcome of the persist in flight, if it has finished.
-    pub fn poll(&mut self) -> Option<Persisted> {
-        if !self.in_flight {
-            return None;
+    /// What the thread reported since the last call, without waiting.
+    pub fn poll(&mut self) -> Vec<PersistEvent> {
+        let events: Vec<PersistEvent> = self.rx.try_iter().collect();
+        if events
+            .iter()
+            .any(|e| matches!(e, PersistEvent::Persisted(_)))
+        {
+            self.in_flight = false;
         }
-        match self.rx.try_recv() {
-            Ok(p) => {
-                self.in_flight = false;
-                Some(p)
-            }
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
-                self.in_flight = false;
-                None
-            }
-        }
+        events
     }
 
-    /// Waits for the persist in flight, if any.
-    pub fn wait(&mut self) -> Option<Persisted> {
-        if !self.in_flight {
-            return None;
+    /// Waits for the persist in flight, if any; returns everything reported meanwhile.
+    pub fn wait(&mut self) -> Vec<PersistEvent> {
+        let mut events = Vec::new();
+        while self.in_flight {
+            match self.rx.recv() {
+                Ok(e) => {
+                    if matches!(e, PersistEvent::Persisted(_)) {
+                        self.in_flight = false;
+                    }
+                    events.push(e);
+                }
+                Err(_) => self.in_flight = false,
+            }
         }
-        self.in_flight = false;
-        self.rx.recv().ok()
+        events
+    }
+
+    /// Uploads the final checkpoint through the mirror before `deadline` (abandoning an
+    /// upload in flight; pruning S3 after it when `prune`), stops the mirror, and applies local
+    /// retention once more now that it is marked uploaded; `None` without a mirror.
+    pub fn finish_upload(
+        &mut self,
+        dest: &Destination,
+        ckpt: ValidCheckpoint,
+        deadline: Instant,
+        prune: bool,
+    ) -> Option<Result<u64, String>> {
+        let result = self
+            .mirror
+            .as_mut()
+            .map(|m| m.finish(ckpt, deadline, prune));
+        if matches!(result, Some(Ok(_))) {
+            apply_retention(dest);
+        }
+        result
+    }
+}
+
+fn persist_one(dest: &Destination, snap: Snapshot, why: Why, pause: Option<Duration>) -> Persisted {
+    let started = Instant::now();
+    let step = snap.state.step;
+    let bytes = snap.tensor_bytes() as u64;
+    tracing::info!(event = "persist_started", step, why = ?why);
+    let result = write_checkpoint(&dest.root, &dest.namespace, &snap, pause);
+    drop(snap);
+    match result {
+        Ok((committed, written)) => {
+            apply_retention(dest);
+            Persisted {
+                step,
+                why,
+                dir: committed.dir.clone(),
+                duration: started.elapsed(),
+                bytes: written,
+                result: Ok(committed),
+            }
+        }
+        Err(e) => Persisted {
+            step,
+            why,
+            dir: dest.root.join(&dest.namespace),
+            duration: started.elapsed(),
+            bytes,
+            result: Err(e),
+        },
+    }
+}
+
+fn apply_retention(dest: &Destination) {
+    if let Err(e) = crate::retention::apply(&dest.root, &dest.namespace, dest.keep, dest.synced) {
+        tracing::warn!(event = "retention_failed", error = %e, "could not prune old checkpoints");
     }
 }
 
@@ -213,5 +347,40 @@ impl Drop for Persister {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spotcheck_protocol::mark_uploaded;
+
+    #[test]
+    fn watching_reports_uploads_and_the_oldest_wait() {
+        let root = tempfile::tempdir().unwrap();
+        let mut pending = Vec::new();
+        let t0 = Instant::now();
+        for (i, step) in [10u64, 20].into_iter().enumerate() {
+            let mut w = CheckpointWriter::begin(root.path(), "algo-1", step).unwrap();
+            w.write_bytes("x.bin", b"abc").unwrap();
+            let ckpt = w.commit(0, None).unwrap();
+            pending.push(Pending {
+                dir: ckpt.dir.clone(),
+                ckpt,
+                written: t0 + Duration::from_secs(i as u64 * 10),
+            });
+        }
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(15));
+        assert!(up.is_empty());
+        assert_eq!(pace, Some(Duration::from_secs(15)), "the oldest waits 15 s");
+        mark_uploaded(&pending[0].dir, &pending[0].ckpt.manifest).unwrap();
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(16));
+        assert_eq!(up, [10]);
+        assert_eq!(pace, Some(Duration::from_secs(16)));
+        assert_eq!(pending.len(), 1);
+        // A checkpoint retention removed is no longer watched.
+        std::fs::remove_dir_all(&pending[0].dir).unwrap();
+        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(30));
+        assert!(up.is_empty() && pace.is_none() && pending.is_empty());
     }
 }

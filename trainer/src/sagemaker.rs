@@ -34,6 +34,9 @@ pub struct Paths {
     pub test_data: Option<PathBuf>,
     /// Checkpoint root (synced to S3 by SageMaker).
     pub checkpoint_dir: PathBuf,
+    /// Whether SageMaker syncs the checkpoint root to S3 (`checkpointconfig.json` names an
+    /// `S3Uri`): its uploader then deletes in S3 what is deleted locally.
+    pub checkpoint_synced: bool,
     /// Final model folder (uploaded as model.tar.gz by SageMaker).
     pub model_dir: PathBuf,
     /// Hyperparameters file, when one exists.
@@ -95,16 +98,26 @@ pub fn resolve(
             let p = opt.join("input/data").join(test_channel);
             env.exists(&p).then_some(p)
         });
-    let checkpoint_dir = o.checkpoint_dir.clone().unwrap_or_else(|| {
-        env.read(&opt.join("input/config/checkpointconfig.json"))
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                v.get("LocalPath")
-                    .and_then(|p| p.as_str())
-                    .map(PathBuf::from)
-            })
-            .unwrap_or_else(|| opt.join("checkpoints"))
-    });
+    let checkpoint_config = env
+        .read(&opt.join("input/config/checkpointconfig.json"))
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let config_str = |key: &str| {
+        checkpoint_config
+            .as_ref()
+            .and_then(|v| v.get(key))
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+    };
+    let config_dir = config_str("LocalPath").map(PathBuf::from);
+    let checkpoint_dir = o
+        .checkpoint_dir
+        .clone()
+        .or_else(|| config_dir.clone())
+        .unwrap_or_else(|| opt.join("checkpoints"));
+    // SageMaker syncs its LocalPath (default /opt/ml/checkpoints), not a directory a flag
+    // chose elsewhere.
+    let synced_dir = config_dir.unwrap_or_else(|| opt.join("checkpoints"));
+    let checkpoint_synced = config_str("S3Uri").is_some() && checkpoint_dir == synced_dir;
     let model_dir = o
         .model_dir
         .clone()
@@ -136,6 +149,7 @@ pub fn resolve(
         data,
         test_data,
         checkpoint_dir,
+        checkpoint_synced,
         model_dir,
         hyperparameters,
         failure_file,
@@ -171,6 +185,7 @@ mod tests {
         let p = resolve(&Overrides::default(), &Fake::default(), "train", "test");
         assert_eq!(p.data, PathBuf::from("/opt/ml/input/data/train"));
         assert_eq!(p.checkpoint_dir, PathBuf::from("/opt/ml/checkpoints"));
+        assert!(!p.checkpoint_synced, "no CheckpointConfig: nothing uploads");
         assert_eq!(p.model_dir, PathBuf::from("/opt/ml/model"));
         assert_eq!(p.test_data, None);
         assert_eq!(p.hyperparameters, None);
@@ -197,6 +212,7 @@ mod tests {
         assert_eq!(p.data, PathBuf::from("/data/tr"));
         assert_eq!(p.model_dir, PathBuf::from("/m"));
         assert_eq!(p.checkpoint_dir, PathBuf::from("/ckpt"));
+        assert!(p.checkpoint_synced);
         assert_eq!(p.host, "algo-2");
         assert_eq!(p.test_data, Some(PathBuf::from("/opt/ml/input/data/test")));
         assert!(p.hyperparameters.is_some());
@@ -214,6 +230,23 @@ mod tests {
         let p = resolve(&o, &env, "train", "test");
         assert_eq!(p.model_dir, PathBuf::from("/flag"));
         assert_eq!(p.host, "h");
+    }
+
+    #[test]
+    fn the_sync_applies_to_its_own_local_path_only() {
+        let mut env = Fake::default();
+        env.files.insert(
+            "/opt/ml/input/config/checkpointconfig.json".into(),
+            br#"{"S3Uri":"s3://b/p"}"#.to_vec(),
+        );
+        let p = resolve(&Overrides::default(), &env, "train", "test");
+        assert_eq!(p.checkpoint_dir, PathBuf::from("/opt/ml/checkpoints"));
+        assert!(p.checkpoint_synced, "the default LocalPath is synced");
+        let o = Overrides {
+            checkpoint_dir: Some("/elsewhere".into()),
+            ..Default::default()
+        };
+        assert!(!resolve(&o, &env, "train", "test").checkpoint_synced);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
 use burn::module::AutodiffModule;
@@ -16,18 +16,19 @@ use sha2::{Digest, Sha256};
 
 use crate::data::{self, Dataset, Split};
 use crate::hyper::Hyperparameters;
-use crate::interval::{self, Due, Triggers};
+use crate::interval::{self, Planner, Triggers, Why};
 use crate::model::{Net, NetConfig};
 use crate::optim::{self, Optimizer, OptimizerConfig};
-use crate::persist::{Persisted, Persister};
+use crate::persist::{Destination, PersistEvent, Persister};
 use crate::report::Reporter;
-use crate::s3sync::S3Sync;
+use crate::s3sync::{Mirror, S3Sync};
 use crate::sagemaker::Paths;
 use crate::schedule::Schedule;
-use crate::signals::{StopFlags, StopReason};
 use crate::snapshot::{self, Snapshot};
 use crate::state::{RngState, TrainerState, STATE_VERSION};
 use crate::{params, resume, sampler};
+use spotcheck_notices::{StopFlags, StopReason};
+use spotcheck_protocol::ValidCheckpoint;
 
 /// Everything a run needs besides the backend.
 pub struct Run {
@@ -169,6 +170,110 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// How long SageMaker waits between SIGTERM and SIGKILL (documented for StopTrainingJob and
+/// the stopping conditions; assumed for a spot reclaim), less a margin for exiting.
+pub const STOP_GRACE: Duration = Duration::from_secs(110);
+/// How long the final upload may take when training simply ended.
+pub const COMPLETION_UPLOAD_LIMIT: Duration = Duration::from_secs(3600);
+
+/// When the final checkpoint's upload must be done: before the announced interruption (less a
+/// margin), within SageMaker's grace period after a signal, or an hour after completion.
+fn upload_deadline(stop: Option<(StopReason, Instant)>, spot_deadline_ms: Option<i64>) -> Instant {
+    let now = Instant::now();
+    match stop {
+        Some((StopReason::SpotNotice, _)) => {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let left_ms =
+                spot_deadline_ms.map_or(STOP_GRACE.as_millis() as i64, |t| t - now_ms - 5_000);
+            now + Duration::from_millis(left_ms.max(0) as u64)
+        }
+        Some((StopReason::Signal, at)) => at + STOP_GRACE,
+        None => now + COMPLETION_UPLOAD_LIMIT,
+    }
+}
+
+/// Connects to the S3 mirror location, fetches a newer valid checkpoint than the newest valid
+/// local one, and starts the mirror thread.
+fn connect_mirror(uri: &str, root: &Path, ns: &str, keep: usize) -> Result<Mirror> {
+    let s3 = S3Sync::connect(uri).map_err(anyhow::Error::msg)?;
+    let local_valid = match spotcheck_protocol::open_latest_valid(root, ns) {
+        Ok(found) => found.map(|c| c.step()),
+        Err(e) => {
+            tracing::warn!(event = "local_scan_failed", error = %e, "could not judge the local checkpoints; treating them as absent");
+            None
+        }
+    };
+    match s3.download_latest(root, ns, local_valid) {
+        Ok(Some(name)) => tracing::info!(event = "s3_downloaded", checkpoint = %name, uri = %uri),
+        Ok(None) => {
+            tracing::info!(event = "s3_nothing_newer", uri = %uri, local_valid, "no checkpoint in S3 newer than the newest valid local one")
+        }
+        Err(e) => {
+            tracing::warn!(event = "s3_download_failed", error = %e, "could not fetch checkpoints from S3; using local ones")
+        }
+    }
+    Mirror::start(s3, root.to_path_buf(), ns.to_string(), keep)
+        .context("starting the S3 mirror thread")
+}
+
+/// What the loop knows about its checkpoints.
+struct Book {
+    stats: CheckpointStats,
+    /// The newest step known durable.
+    last_durable: u64,
+    /// The newest checkpoint this process committed.
+    last_committed: Option<ValidCheckpoint>,
+    /// What the loop paid for the last snapshot.
+    last_stall: Duration,
+}
+
+impl Book {
+    fn stalled(&mut self, stall: Duration) {
+        self.last_stall = stall;
+        self.stats.stall_seconds += stall.as_secs_f64();
+        self.stats.max_stall_seconds = self.stats.max_stall_seconds.max(stall.as_secs_f64());
+    }
+
+    fn record(&mut self, event: PersistEvent, planner: &mut Planner, mtbf: Option<Duration>) {
+        match event {
+            PersistEvent::Persisted(p) => match p.result {
+                Ok(ckpt) => {
+                    self.stats.count += 1;
+                    self.stats.persist_seconds += p.duration.as_secs_f64();
+                    self.stats.bytes += p.bytes;
+                    self.last_durable = self.last_durable.max(p.step);
+                    if self
+                        .last_committed
+                        .as_ref()
+                        .is_none_or(|c| c.step() <= p.step)
+                    {
+                        self.last_committed = Some(ckpt);
+                    }
+                    planner.persisted(self.last_stall, p.duration, mtbf);
+                    tracing::info!(event = "checkpoint_saved", step = p.step, why = ?p.why, dir = %p.dir.display(), bytes = p.bytes, persist_seconds = p.duration.as_secs_f64(), stall_seconds = self.last_stall.as_secs_f64(),
+                        adaptive_interval_seconds = planner.adaptive_interval().map(|t| t.as_secs_f64()), mtbf_seconds = mtbf.map(|m| m.as_secs_f64()));
+                }
+                Err(e) => {
+                    self.stats.failures += 1;
+                    planner.failed();
+                    tracing::error!(event = "checkpoint_failed", step = p.step, why = ?p.why, error = %e, retry_in_seconds = interval::retry_backoff(planner.failures()).as_secs_f64(), "checkpoint failed; the previous checkpoint stays the newest valid one; retrying after a backoff");
+                }
+            },
+            PersistEvent::UploadPace(took) => {
+                planner.upload_pace(took);
+                tracing::debug!(
+                    event = "upload_pace",
+                    seconds = took.as_secs_f64(),
+                    adaptive_interval_seconds =
+                        planner.adaptive_interval().map(|t| t.as_secs_f64())
+                );
+            }
+        }
+    }
+}
+
 /// Trains to the end or until a stop; see the module docs.
 pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome> {
     let hp = &run.hp;
@@ -212,23 +317,8 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
     let ckpt_root = &run.paths.checkpoint_dir;
     let ns = &run.paths.host;
 
-    let s3 = match &run.checkpoint_s3_uri {
-        Some(uri) => {
-            let s3 = S3Sync::connect(uri).map_err(anyhow::Error::msg)?;
-            let local_newest = resume::candidates(ckpt_root, ns).first().map(|c| c.0);
-            match s3.download_latest(ckpt_root, ns, local_newest) {
-                Ok(Some(name)) => {
-                    tracing::info!(event = "s3_downloaded", checkpoint = %name, uri = %uri)
-                }
-                Ok(None) => {
-                    tracing::info!(event = "s3_nothing_newer", uri = %uri, "no checkpoint in S3 newer than the local ones")
-                }
-                Err(e) => {
-                    tracing::warn!(event = "s3_download_failed", error = %e, "could not fetch checkpoints from S3; using local ones")
-                }
-            }
-            Some(s3)
-        }
+    let mirror = match &run.checkpoint_s3_uri {
+        Some(uri) => Some(connect_mirror(uri, ckpt_root, ns, hp.keep_checkpoints)?),
         None => None,
     };
     let model = cfg.init::<AB>(&device);
@@ -272,58 +362,40 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
 
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let reporter = Reporter::new(tty, state.step, total, hp.log_every_steps);
-    let mut persister = Persister::start(ckpt_root.clone(), ns.clone(), hp.keep_checkpoints, s3);
-    let mut triggers = Triggers {
-        every_steps: hp.checkpoint_every_steps,
-        every: (hp.checkpoint_every_seconds > 0.0)
-            .then(|| Duration::from_secs_f64(hp.checkpoint_every_seconds)),
-        adaptive: None,
+    let dest = Destination {
+        root: ckpt_root.clone(),
+        namespace: ns.clone(),
+        keep: hp.keep_checkpoints,
+        synced: run.paths.checkpoint_synced || mirror.is_some(),
     };
-    let mut stats = CheckpointStats::default();
-    let mut last_durable = state.step;
+    let mut persister =
+        Persister::start(dest.clone(), mirror).context("starting the persister thread")?;
+    let mut planner = Planner::new(
+        Triggers {
+            every_steps: hp.checkpoint_every_steps,
+            every: (hp.checkpoint_every_seconds > 0.0)
+                .then(|| Duration::from_secs_f64(hp.checkpoint_every_seconds)),
+        },
+        hp.checkpoint_adaptive,
+    );
+    let mut book = Book {
+        stats: CheckpointStats::default(),
+        last_durable: state.step,
+        last_committed: None,
+        last_stall: Duration::ZERO,
+    };
     let mut last_ckpt_at = Instant::now();
-    let mut last_stall = Duration::ZERO;
     let started = Instant::now();
     let base_seconds = state.train_seconds;
     let mut order = sampler::epoch_order(hp.seed, state.epoch, train.len());
-
-    let on_persisted = |p: Persisted,
-                        stats: &mut CheckpointStats,
-                        last_durable: &mut u64,
-                        triggers: &mut Triggers,
-                        last_stall: Duration,
-                        train_seconds: f64,
-                        restarts: u32| {
-        match p.result {
-            Ok(()) => {
-                stats.count += 1;
-                stats.persist_seconds += p.duration.as_secs_f64();
-                stats.bytes += p.bytes;
-                *last_durable = (*last_durable).max(p.step);
-                let mut interval = None;
-                if hp.checkpoint_adaptive {
-                    if let Some(m) =
-                        interval::mtbf(hp.interruptions_per_hour, restarts, train_seconds)
-                    {
-                        let t = interval::daly_interval(last_stall, m).max(p.duration);
-                        triggers.adaptive = Some(t);
-                        interval = Some((t, m));
-                    }
-                }
-                tracing::info!(event = "checkpoint_saved", step = p.step, dir = %p.dir.display(), bytes = p.bytes, persist_seconds = p.duration.as_secs_f64(), stall_seconds = last_stall.as_secs_f64(),
-                    adaptive_interval_seconds = interval.map(|(t, _)| t.as_secs_f64()), mtbf_seconds = interval.map(|(_, m)| m.as_secs_f64()));
-            }
-            Err(e) => {
-                stats.failures += 1;
-                tracing::error!(event = "checkpoint_failed", step = p.step, error = %e, "checkpoint failed; the previous checkpoint stays the newest valid one");
-            }
-        }
+    let mtbf = |st: &TrainerState| {
+        interval::mtbf(hp.interruptions_per_hour, st.restarts, st.train_seconds)
     };
 
     let mut stop = None;
     while state.step < total {
         if let Some(reason) = run.flags.stop_reason() {
-            stop = Some(reason);
+            stop = Some((reason, Instant::now()));
             break;
         }
         if state.position >= train.len() {
@@ -351,38 +423,21 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         reporter.step(state.step, total, state.epoch, loss_value, hp.batch_size);
         state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
 
-        if let Some(p) = persister.poll() {
-            on_persisted(
-                p,
-                &mut stats,
-                &mut last_durable,
-                &mut triggers,
-                last_stall,
-                state.train_seconds,
-                state.restarts,
-            );
-        }
-        let mut due = triggers.due(state.step, last_ckpt_at.elapsed());
-        if hp.checkpoint_adaptive
-            && stats.count == 0
-            && !persister.busy()
-            && last_durable == 0
-            && state.step == 1
-        {
-            // The first checkpoint measures the cost the adaptive interval is computed from.
-            due = Due::Periodic;
+        for event in persister.poll() {
+            book.record(event, &mut planner, mtbf(&state));
         }
         if run.flags.take_rebalance() {
             reporter.note("rebalance recommendation: extra checkpoint");
-            due = Due::Periodic;
+            planner.note_rebalance();
         }
-        if due == Due::Periodic && !persister.busy() && state.step < total {
+        if state.step >= total {
+            break;
+        }
+        if let Some(why) = planner.due(state.step, last_ckpt_at.elapsed(), persister.busy()) {
             let t0 = Instant::now();
             let snap = snapshot_now(&model, &optim, &state);
-            last_stall = t0.elapsed();
-            stats.stall_seconds += last_stall.as_secs_f64();
-            stats.max_stall_seconds = stats.max_stall_seconds.max(last_stall.as_secs_f64());
-            persister.submit(snap).map_err(anyhow::Error::msg)?;
+            book.stalled(t0.elapsed());
+            persister.submit(snap, why).map_err(anyhow::Error::msg)?;
             last_ckpt_at = Instant::now();
         }
     }
@@ -391,44 +446,44 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
     // included), not the final checkpoint or the evaluation.
     let images_per_second = reporter.throughput(state.step, hp.batch_size);
 
-    // Final checkpoint: at the end, or on a stop. Wait for the one in flight first.
-    if let Some(p) = persister.wait() {
-        on_persisted(
-            p,
-            &mut stats,
-            &mut last_durable,
-            &mut triggers,
-            last_stall,
-            state.train_seconds,
-            state.restarts,
-        );
+    // Final checkpoint: at the end, or on a stop. Wait for the one in flight first; commit
+    // this step locally; then, when mirroring to S3, upload it before the deadline.
+    for event in persister.wait() {
+        book.record(event, &mut planner, mtbf(&state));
     }
-    if last_durable < state.step {
+    if book.last_durable < state.step {
         let t0 = Instant::now();
         let snap = snapshot_now(&model, &optim, &state);
-        last_stall = t0.elapsed();
-        stats.stall_seconds += last_stall.as_secs_f64();
-        persister.submit(snap).map_err(anyhow::Error::msg)?;
-        if let Some(p) = persister.wait() {
-            let failed = p.result.as_ref().err().cloned();
-            on_persisted(
-                p,
-                &mut stats,
-                &mut last_durable,
-                &mut triggers,
-                last_stall,
-                state.train_seconds,
-                state.restarts,
-            );
-            if let Some(e) = failed {
-                bail!("final checkpoint at step {} failed: {e}", state.step);
+        book.stalled(t0.elapsed());
+        persister
+            .submit(snap, Why::Final)
+            .map_err(anyhow::Error::msg)?;
+        for event in persister.wait() {
+            if let PersistEvent::Persisted(p) = &event {
+                if let Err(e) = &p.result {
+                    bail!("final checkpoint at step {} failed: {e}", state.step);
+                }
+            }
+            book.record(event, &mut planner, mtbf(&state));
+        }
+    }
+    if let Some(ckpt) = book.last_committed.clone() {
+        let deadline = upload_deadline(stop, run.flags.spot_deadline_ms());
+        let left = deadline.saturating_duration_since(Instant::now());
+        match persister.finish_upload(&dest, ckpt, deadline, stop.is_none()) {
+            None => {}
+            Some(Ok(bytes)) => {
+                tracing::info!(event = "s3_final_uploaded", step = state.step, bytes)
+            }
+            Some(Err(e)) => {
+                tracing::error!(event = "s3_final_upload_failed", step = state.step, error = %e, seconds_allowed = left.as_secs_f64(), "the final checkpoint is durable on local disk but not in S3")
             }
         }
     }
     drop(persister);
     reporter.finish(started.elapsed());
 
-    if let Some(reason) = stop {
+    if let Some((reason, _)) = stop {
         tracing::warn!(event = "stopped", step = state.step, reason = ?reason, "stopped early; the checkpoint of this step is durable");
         return Ok(Outcome::Interrupted(reason));
     }
@@ -453,7 +508,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         "restarts": state.restarts,
         "train_seconds": state.train_seconds,
         "images_per_second_this_attempt": images_per_second,
-        "checkpoints_this_attempt": stats,
+        "checkpoints_this_attempt": book.stats,
         "model": cfg,
     });
     write_atomically(

@@ -16,6 +16,9 @@ struct Imds {
     spot_from: Option<usize>,
     /// Answer `events/recommendations/rebalance`.
     rebalance: bool,
+    /// Fail this many token requests first (500), as an IMDS that is briefly unreachable.
+    fail_first: usize,
+    failed: usize,
     spot_gets: usize,
     token_puts_with_ttl: usize,
     gets_with_token: usize,
@@ -51,7 +54,12 @@ fn serve(state: Arc<Mutex<Imds>>) -> String {
             let _ = reader.read_exact(&mut body);
             let mut s = state.lock().unwrap();
             let has = |name: &str| headers.iter().any(|h| h.starts_with(name));
-            let (status, body) = if request.starts_with("PUT /latest/api/token") {
+            let (status, body) = if request.starts_with("PUT /latest/api/token")
+                && s.failed < s.fail_first
+            {
+                s.failed += 1;
+                (500, String::new())
+            } else if request.starts_with("PUT /latest/api/token") {
                 if has("x-aws-ec2-metadata-token-ttl-seconds:") {
                     s.token_puts_with_ttl += 1;
                 }
@@ -207,4 +215,36 @@ fn a_rebalance_recommendation_takes_one_extra_checkpoint_and_training_goes_on() 
     // Periodic checkpoints are off: besides the final one, only the rebalance notice saved one.
     assert_eq!(saved.len(), 2, "{saved:?}");
     assert!(saved[0] < total && saved[1] == total, "{saved:?}");
+}
+
+#[test]
+fn the_poller_outlasts_an_imds_outage_and_still_sees_the_notice() {
+    // IMDS fails five polls in a row (the old poller gave up after three and the run never
+    // heard of the interruption), then announces one.
+    let state = Arc::new(Mutex::new(Imds {
+        spot_from: Some(0),
+        fail_first: 5,
+        ..Default::default()
+    }));
+    let endpoint = serve(Arc::clone(&state));
+    let dir = tempfile::tempdir().unwrap();
+    let out = train(&endpoint, dir.path(), &["epochs=100000"])
+        .env("SPOTCHECK_IMDS_POLL_SECONDS", "0.05")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = events(&out.stdout);
+    let warnings: Vec<_> = ev
+        .iter()
+        .filter(|e| e["event"] == "imds_unavailable")
+        .collect();
+    assert!(!warnings.is_empty(), "the outage is reported");
+    assert!(ev.iter().any(|e| e["event"] == "imds_recovered"));
+    assert!(ev.iter().any(|e| e["event"] == "spot_notice"));
+    assert_eq!(state.lock().unwrap().failed, 5);
 }

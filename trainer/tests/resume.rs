@@ -406,3 +406,102 @@ fn stray_sagemaker_marker_files_are_ignored() {
     );
     assert!(found.state.step >= 10);
 }
+
+/// The same small task with every checkpoint setting at its default (adaptive interval, no
+/// fixed triggers, keep 3) and enough steps for several adaptive intervals.
+const DEFAULT_HP: &[&str] = &[
+    "dataset=synthetic",
+    "num_classes=4",
+    "image_size=8",
+    "synthetic_samples=96",
+    "batch_size=16",
+    "epochs=1500",
+    "model_depth=1",
+    "model_width=4",
+    "model_hidden=16",
+    "learning_rate=0.01",
+    "log_every_steps=1000000",
+    "backend=cpu",
+];
+
+fn default_command(d: &Dirs) -> Command {
+    let mut c = Command::new(TRAIN);
+    c.arg("--data")
+        .arg("/nonexistent-synthetic")
+        .arg("--checkpoint-dir")
+        .arg(&d.ckpt)
+        .arg("--model-dir")
+        .arg(&d.model)
+        .env("SPOTCHECK_IMDS", "off")
+        .env("SPOTCHECK_OPT_ML", d.ckpt.parent().unwrap().join("opt-ml"))
+        .env_remove("SM_MODEL_DIR")
+        .env_remove("SM_CURRENT_HOST")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for hp in DEFAULT_HP {
+        c.arg("--hp").arg(hp);
+    }
+    c
+}
+
+/// Runs the trainer with default settings until it has saved `saves` checkpoints, then
+/// SIGKILLs it (no warning, as a spot reclaim may come); returns why each was taken.
+fn run_until_saves_then_kill(d: &Dirs, saves: usize) -> Vec<String> {
+    let mut child = default_command(d).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut whys = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if field(&v, "event").and_then(|e| e.as_str()) == Some("checkpoint_saved") {
+            whys.push(
+                field(&v, "why")
+                    .and_then(|w| w.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+            );
+            if whys.len() == saves {
+                child.kill().unwrap();
+                break;
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        whys.len() == saves && !status.success(),
+        "the process saved only {whys:?} before it ended ({status}): periodic checkpoints stopped"
+    );
+    whys
+}
+
+#[test]
+fn default_settings_keep_checkpointing_across_sigkill_and_resume() {
+    // Regression: with default hyperparameters only the first process of a run measured its
+    // checkpoint cost, so after a resume nothing periodic happened until the end, and a
+    // reclaim without SIGTERM lost the whole attempt.
+    let reference = {
+        let d = dirs();
+        let out = default_command(&d).output().unwrap();
+        assert!(out.status.success());
+        finals(&d)
+    };
+    let d = dirs();
+    for process in 0..4 {
+        let whys = run_until_saves_then_kill(&d, 3);
+        assert_eq!(
+            whys,
+            ["Measure", "Periodic", "Periodic"],
+            "process {process}: each process measures its own first checkpoint, then keeps the adaptive interval"
+        );
+    }
+    let out = default_command(&d).output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("\"resumed\""));
+    assert!(
+        finals(&d) == reference,
+        "killed four times and resumed: the final state must equal the uninterrupted run's"
+    );
+}

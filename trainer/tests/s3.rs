@@ -266,15 +266,32 @@ fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
                 .send(),
         )
         .unwrap();
-    // Three runs on the same instance, each stopped by SIGTERM at a later step: each one's
-    // last checkpoint is uploaded (and S3 pruned) before it exits, so S3 has seen at least
-    // three checkpoints, whatever the timing of the ones in between.
+    // Three runs on the same instance, each stopped by SIGTERM at a later step, then one to
+    // the end. A stopped run uploads its last checkpoint before it exits (pruning waits for a
+    // later upload: the deadline is for the checkpoint); periodic uploads and the completion
+    // prune S3.
     let ck = tmp.path().join("ck");
     // 240 steps, so that each SIGTERM lands long before the end.
     let keep = ["--hp", "keep_checkpoints=2", "--hp", "epochs=40"];
     for at in [5, 60, 120] {
         stop_at_with(&ck, &tmp.path().join("m"), &uri, at, &keep);
+        let remote = remote_steps(&env, "p/algo-1/");
+        let newest: u64 = remote
+            .last()
+            .unwrap()
+            .trim_start_matches("p/algo-1/step-")
+            .parse()
+            .unwrap();
+        assert!(newest >= at, "the stop's checkpoint is in S3: {remote:?}");
+        assert!(
+            remote.len() <= 3,
+            "at most keep + the unpruned last: {remote:?}"
+        );
     }
+    ok(train(&ck, &tmp.path().join("m"), Some(&uri))
+        .args(keep)
+        .output()
+        .unwrap());
     let remote = remote_steps(&env, "p/algo-1/");
     let mut local: Vec<String> = std::fs::read_dir(ck.join("algo-1"))
         .unwrap()
@@ -284,13 +301,10 @@ fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
         .collect();
     local.sort();
     assert_eq!(remote.len(), 2, "{remote:?}");
-    let newest: u64 = remote[1]
-        .trim_start_matches("p/algo-1/step-")
-        .parse()
-        .unwrap();
-    assert!(
-        newest >= 120,
-        "the last run's checkpoint is kept: {remote:?}"
+    assert_eq!(
+        remote.last().map(String::as_str),
+        Some("p/algo-1/step-000000000240"),
+        "the completed run's checkpoint is kept"
     );
     assert_eq!(remote, local, "S3 keeps what the local root keeps");
     // No file of a pruned checkpoint is left behind, and the other host's is untouched.

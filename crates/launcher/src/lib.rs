@@ -10,7 +10,8 @@
 //! when the child failed on its own. The contract is in docs/pytorch.md.
 //!
 //! [`supervise`] holds every rule as a pure state machine; [`process`] is the shell that
-//! carries out its actions; [`imds`] polls for notices.
+//! carries out its actions; [`imds`] polls for notices by the shared rules of
+//! `spotcheck-notices`.
 
 #![warn(missing_docs)]
 

@@ -23,7 +23,7 @@ use rustix::process::{
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::imds::{spawn_poller, Imds, Notice};
+use crate::imds::{spawn_poller, Notice};
 use crate::supervise::{Action, ChildExit, Event, Notices, StopSignal, Supervisor};
 use crate::NOTICE_FILE_ENV;
 
@@ -157,7 +157,7 @@ pub fn run(config: Config) -> io::Result<u8> {
     if let Some((endpoint, every)) = &config.imds {
         let tx = tx.clone();
         spawn_poller(
-            Box::new(Imds::new(endpoint)),
+            endpoint.clone(),
             *every,
             move |notice| {
                 let _ = tx.send(Msg::Notice(notice));

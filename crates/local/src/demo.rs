@@ -30,6 +30,7 @@ use crate::market::{MarketConfig, Trace};
 use crate::report::{self, parse_log, Inputs, Relaunch, Report};
 use crate::service::{Note, ServiceConfig};
 use crate::stack::{Stack, StackConfig};
+use crate::sync::UploadLimits;
 
 /// Where Debian's `dataset-fashion-mnist` package puts the data.
 pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -64,6 +65,10 @@ pub struct DemoConfig {
     pub simulated_hours: f64,
     /// Probability that an outage outlasts MaxWaitTimeInSeconds.
     pub long_outage_probability: f64,
+    /// Probability that a reclaim warns the trainer (SIGTERM) rather than killing it.
+    pub reclaim_warning_probability: f64,
+    /// The checkpoint uploader's lag and bandwidth (wall time).
+    pub upload: UploadLimits,
     /// Wall seconds the trainer gets between SIGTERM and SIGKILL (at least SageMaker's 120
     /// simulated seconds).
     pub grace_wall_seconds: f64,
@@ -72,7 +77,9 @@ pub struct DemoConfig {
 }
 
 impl DemoConfig {
-    /// The defaults: about two minutes of CPU training, ~1.5 interruptions per simulated hour.
+    /// The defaults: about two minutes of CPU training, ~1.5 interruptions per simulated hour,
+    /// half of them without a warning, and a checkpoint uploader that lags a second and ships
+    /// 256 KiB/s (a few seconds per checkpoint of the demo's model).
     pub fn new(workdir: PathBuf, trainer: PathBuf) -> Self {
         DemoConfig {
             workdir,
@@ -91,14 +98,19 @@ impl DemoConfig {
             instance_type: "ml.g4dn.xlarge".into(),
             simulated_hours: 4.0,
             long_outage_probability: 0.2,
+            reclaim_warning_probability: 0.5,
+            upload: UploadLimits {
+                lag: Duration::from_secs(1),
+                bandwidth: Some(256 << 10),
+            },
             grace_wall_seconds: 3.0,
             timeout: Duration::from_secs(900),
         }
     }
 
-    /// The hyperparameters both runs use.
+    /// The hyperparameters both runs use. Checkpointing is left at the trainer's defaults
+    /// (the adaptive interval), as a user would leave it.
     pub fn effective_hyperparameters(&self) -> BTreeMap<String, String> {
-        let every = (self.max_steps / 12).max(1);
         let mut hp: BTreeMap<String, String> = [
             ("seed", self.seed.to_string()),
             ("epochs", "1".into()),
@@ -106,8 +118,6 @@ impl DemoConfig {
             ("batch_size", "64".into()),
             ("model_width", "8".into()),
             ("model_hidden", "64".into()),
-            ("checkpoint_every_steps", every.to_string()),
-            ("checkpoint_adaptive", "false".into()),
             ("log_every_steps", "10".into()),
             ("backend", "cpu".into()),
         ]
@@ -285,6 +295,12 @@ pub async fn run(
     config: DemoConfig,
     progress: Arc<dyn Fn(&str) + Send + Sync>,
 ) -> Result<DemoOutcome, DemoError> {
+    // Every path handed to a child process must be absolute: the service starts the trainer
+    // in its instance directory.
+    let mut config = config;
+    for path in [&mut config.workdir, &mut config.trainer, &mut config.data] {
+        *path = crate::absolute(path);
+    }
     check_data(&config.data)?;
     if !config.trainer.is_file() {
         return Err(DemoError::Missing(format!(
@@ -325,8 +341,10 @@ pub async fn run(
         long_outage_probability: config.long_outage_probability,
         long_outage_seconds: (max_wait as f64 * 1.2, max_wait as f64 * 3.0),
         spot_discount: 0.7,
+        reclaim_warning_probability: config.reclaim_warning_probability,
         trace: config.trace.clone(),
     };
+    service.upload = config.upload;
     let mut stack_config = StackConfig::new(service);
     stack_config.control_plane = Some(config.policy.clone());
     stack_config.buckets = vec![DEMO_BUCKET.into()];

@@ -9,8 +9,9 @@
 //! Lifecycles (TrainingJobStatus/SecondaryStatus):
 //!
 //! - Uninterrupted: InProgress/Starting → Downloading → Training → Uploading → Completed/Completed.
-//! - Spot interruption inside MaxWait: … Training → Interrupted (SIGTERM, grace, SIGKILL) →
-//!   Starting (waiting for capacity again) → Downloading → Training → … → Completed.
+//! - Spot interruption inside MaxWait: … Training → Interrupted (SIGTERM, grace, SIGKILL; or,
+//!   for a reclaim without warning, SIGKILL at once) → Starting (waiting for capacity again) →
+//!   Downloading → Training → … → Completed.
 //! - Wait exhausted: … Interrupted → Starting → Stopping → Stopped/MaxWaitTimeExceeded (also
 //!   when capacity never came at all). MaxWait covers waiting plus running, from creation.
 //! - MaxRuntime (running time): Stopping → Stopped/MaxRuntimeExceeded.
@@ -184,8 +185,14 @@ pub enum Input {
     Tick,
     /// Capacity for the job's instance type is available now.
     Capacity,
-    /// Spot capacity was reclaimed.
-    Reclaimed,
+    /// Spot capacity was reclaimed. With `warning`, the process gets SIGTERM and the grace
+    /// period (SageMaker's documented stop behaviour, assumed for spot); without, it is killed
+    /// at once (AWS does not document a signal for a spot reclaim, and the toolkit has been seen
+    /// not to forward one).
+    Reclaimed {
+        /// Whether the process is told (SIGTERM) before it is killed.
+        warning: bool,
+    },
     /// Inputs (data, checkpoints) are in place, or could not be fetched.
     Downloaded(Result<(), String>),
     /// The training process exited with this code (`None`: killed by a signal); `failure` is
@@ -402,7 +409,7 @@ pub fn step(
                 fx.push(Effect::Emit);
             }
         },
-        Input::Reclaimed
+        Input::Reclaimed { warning }
             if spec.spot && matches!(s.phase, Phase::Downloading | Phase::Training) =>
         {
             s.interruptions += 1;
@@ -412,10 +419,18 @@ pub fn step(
                 "Spot capacity was reclaimed: the training job will restart when capacity is available",
                 now,
             );
-            if s.phase == Phase::Training {
+            if s.phase == Phase::Training && warning {
                 s.phase = Phase::Interrupted;
                 s.kill_at = Some(now + spec.grace_ms);
                 fx.extend([Effect::Terminate, Effect::Emit]);
+            } else if s.phase == Phase::Training {
+                // No warning reached the process: the instance is simply gone, with whatever
+                // the checkpoint sync had not uploaded yet.
+                fx.extend([Effect::Kill, Effect::Release { flush: false }]);
+                s.instance_gone(now);
+                s.phase = Phase::Waiting;
+                fx.push(Effect::Emit);
+                to_waiting(&mut s, now, &mut fx);
             } else {
                 fx.push(Effect::Release { flush: false });
                 s.instance_gone(now);
@@ -692,7 +707,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (50, Reclaimed),
+                (50, Reclaimed { warning: true }),
                 (52, exited(143)),
                 (60, Capacity),
                 (61, Downloaded(Ok(()))),
@@ -730,7 +745,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (10, Reclaimed),
+                (10, Reclaimed { warning: true }),
                 (130, Tick),
             ],
         );
@@ -749,7 +764,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (100, Reclaimed),
+                (100, Reclaimed { warning: true }),
                 (101, exited(143)),
                 (7200, Tick),
             ],
@@ -927,15 +942,42 @@ mod tests {
         };
         let (s, fx, _) = run(
             &spec,
-            vec![(0, Capacity), (1, Downloaded(Ok(()))), (20, Reclaimed)],
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (20, Reclaimed { warning: true }),
+            ],
         );
         assert!(fx[2].is_empty());
         assert_eq!(s.phase, Phase::Training);
     }
 
     #[test]
+    fn a_reclaim_without_warning_kills_at_once() {
+        let (s, fx, seq) = run(
+            &spot(),
+            vec![
+                (0, Capacity),
+                (1, Downloaded(Ok(()))),
+                (50, Reclaimed { warning: false }),
+            ],
+        );
+        assert_eq!(fx[2], vec![Kill, Release { flush: false }, Emit]);
+        assert_eq!(seq[2..], ["Training", "Interrupted", "Starting"]);
+        assert_eq!((s.phase, s.kill_at), (Phase::Waiting, None));
+        assert_eq!(s.interruptions, 1);
+        assert_eq!(s.training_seconds(50_000), 50);
+        // The killed process's exit, reported late, changes nothing.
+        let (after, fx) = step(&spot(), &s, exited(137), 51_000);
+        assert_eq!((after, fx), (s, vec![]));
+    }
+
+    #[test]
     fn reclaim_while_downloading_goes_back_to_waiting() {
-        let (s, fx, seq) = run(&spot(), vec![(0, Capacity), (1, Reclaimed)]);
+        let (s, fx, seq) = run(
+            &spot(),
+            vec![(0, Capacity), (1, Reclaimed { warning: true })],
+        );
         assert_eq!(fx[1], vec![Release { flush: false }, Emit]);
         assert_eq!(seq, ["Starting", "Downloading", "Interrupted", "Starting"]);
         assert_eq!(s.phase, Phase::Waiting);

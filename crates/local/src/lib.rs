@@ -37,3 +37,10 @@ pub mod server;
 pub mod service;
 pub mod stack;
 pub mod sync;
+
+/// `path` made absolute against the current directory (unchanged if that cannot be read). The
+/// service runs each training process in its instance directory, so every path handed to a
+/// child must be absolute.
+pub fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}

@@ -14,8 +14,13 @@
 //!   between the two `long_outage_seconds` bounds, meant to outlast MaxWaitTimeInSeconds)
 //!   and otherwise *short* (exponential, mean [`MarketConfig::short_outage_mean_seconds`]).
 //! - **Trace**: a JSON file `{"outages": [{"at_seconds": 600, "duration_seconds": 120,
-//!   "instance_type": "ml.g4dn.xlarge"}]}`; times are simulated seconds after the market's
-//!   start; an entry without `instance_type` hits every type.
+//!   "instance_type": "ml.g4dn.xlarge", "warning": false}]}`; times are simulated seconds after
+//!   the market's start; an entry without `instance_type` hits every type.
+//!
+//! Each outage also says whether the running job gets a **warning** (SIGTERM and the grace
+//! period) or is killed without one: AWS documents SIGTERM for a stop, not for a spot reclaim.
+//! It is drawn with probability [`MarketConfig::reclaim_warning_probability`] from a stream of
+//! its own (so the outage times do not depend on it), or given by the trace entry.
 //!
 //! Prices: on-demand USD/hour from the control plane's [`PriceTable`] (the same table the
 //! ledger prices savings with); spot = on-demand × (1 − [`MarketConfig::spot_discount`]) unless
@@ -48,6 +53,9 @@ pub struct MarketConfig {
     pub long_outage_seconds: (f64, f64),
     /// Fraction of the on-demand price saved on spot (0.7: spot costs 30 %).
     pub spot_discount: f64,
+    /// Probability that a reclaim warns the process (SIGTERM, then the grace period) rather
+    /// than killing it outright.
+    pub reclaim_warning_probability: f64,
     /// A trace replacing the random process.
     pub trace: Option<Trace>,
 }
@@ -61,6 +69,7 @@ impl Default for MarketConfig {
             long_outage_probability: 0.3,
             long_outage_seconds: (4.0 * 3600.0, 8.0 * 3600.0),
             spot_discount: 0.7,
+            reclaim_warning_probability: 0.5,
             trace: None,
         }
     }
@@ -85,6 +94,10 @@ pub struct TraceOutage {
     /// The type it hits; every type when absent.
     #[serde(default)]
     pub instance_type: Option<String>,
+    /// Whether a running job is warned (SIGTERM) before it is killed; drawn with the market's
+    /// probability when absent.
+    #[serde(default)]
+    pub warning: Option<bool>,
 }
 
 /// Why a trace file is unusable.
@@ -119,11 +132,15 @@ pub struct Outage {
     pub start: EpochMs,
     /// First millisecond with capacity again.
     pub end: EpochMs,
+    /// Whether a job running when it starts is warned (SIGTERM) before it is killed.
+    pub warning: bool,
 }
 
 #[derive(Debug)]
 struct Schedule {
     rng: ChaCha8Rng,
+    /// Draws the warnings (a stream apart, so outage times do not depend on them).
+    warnings: ChaCha8Rng,
     outages: Vec<Outage>,
     /// Outages are known up to here (random process).
     horizon: EpochMs,
@@ -216,8 +233,8 @@ impl Market {
             .copied()
     }
 
-    /// When the next outage starts strictly after `t` (a running spot job's interruption).
-    pub fn next_outage_after(&mut self, instance_type: &str, t: EpochMs) -> Option<EpochMs> {
+    /// The next outage starting strictly after `t` (a running spot job's interruption).
+    pub fn next_outage_after(&mut self, instance_type: &str, t: EpochMs) -> Option<Outage> {
         let mut until = t + 3_600_000;
         loop {
             if let Some(o) = self
@@ -225,7 +242,7 @@ impl Market {
                 .iter()
                 .find(|o| o.start > t)
             {
-                return Some(o.start);
+                return Some(*o);
             }
             if until - t > LOOKAHEAD_MS || self.config.trace.is_some() {
                 return None;
@@ -244,13 +261,23 @@ impl Market {
     }
 }
 
-fn new_schedule(config: &MarketConfig, start: EpochMs, instance_type: &str) -> Schedule {
+fn stream(config: &MarketConfig, instance_type: &str, purpose: &[u8]) -> ChaCha8Rng {
     let digest = Sha256::new()
         .chain_update(config.seed.to_le_bytes())
         .chain_update(instance_type.as_bytes())
+        .chain_update(purpose)
         .finalize();
     let mut seed = [0u8; 32];
     seed.copy_from_slice(&digest);
+    ChaCha8Rng::from_seed(seed)
+}
+
+fn draw_warning(config: &MarketConfig, rng: &mut ChaCha8Rng) -> bool {
+    rng.random::<f64>() < config.reclaim_warning_probability
+}
+
+fn new_schedule(config: &MarketConfig, start: EpochMs, instance_type: &str) -> Schedule {
+    let mut warnings = stream(config, instance_type, b"warning");
     let mut outages = Vec::new();
     if let Some(trace) = &config.trace {
         outages = trace
@@ -264,13 +291,17 @@ fn new_schedule(config: &MarketConfig, start: EpochMs, instance_type: &str) -> S
             .map(|o| Outage {
                 start: start + (o.at_seconds * 1000.0) as i64,
                 end: start + ((o.at_seconds + o.duration_seconds) * 1000.0) as i64,
+                warning: o
+                    .warning
+                    .unwrap_or_else(|| draw_warning(config, &mut warnings)),
             })
             .filter(|o| o.end > o.start)
             .collect();
         outages.sort_by_key(|o| o.start);
     }
     Schedule {
-        rng: ChaCha8Rng::from_seed(seed),
+        rng: stream(config, instance_type, b""),
+        warnings,
         outages,
         horizon: start,
     }
@@ -293,7 +324,12 @@ fn extend(config: &MarketConfig, s: &mut Schedule, until: EpochMs) {
         };
         let start = s.horizon + (gap_s * 1000.0) as i64;
         let end = start + (duration_s * 1000.0) as i64;
-        s.outages.push(Outage { start, end });
+        let warning = draw_warning(config, &mut s.warnings);
+        s.outages.push(Outage {
+            start,
+            end,
+            warning,
+        });
         s.horizon = end;
     }
 }
@@ -332,7 +368,14 @@ mod tests {
         let first = outages[0];
         assert_eq!(a.outage_at("ml.g5.xlarge", first.start), Some(first));
         assert_eq!(a.outage_at("ml.g5.xlarge", first.end), None);
-        assert_eq!(a.next_outage_after("ml.g5.xlarge", 0), Some(first.start));
+        assert_eq!(a.next_outage_after("ml.g5.xlarge", 0), Some(first));
+        // Half the reclaims warn, half do not (default probability 0.5).
+        let warned = outages.iter().filter(|o| o.warning).count();
+        assert!(
+            warned > 0 && warned < outages.len(),
+            "{warned}/{}",
+            outages.len()
+        );
     }
 
     #[test]
@@ -345,7 +388,7 @@ mod tests {
     #[test]
     fn trace_outages_apply_per_type() {
         let trace = Trace::from_json(
-            br#"{"outages": [{"at_seconds": 60, "duration_seconds": 30, "instance_type": "ml.g5.xlarge"},
+            br#"{"outages": [{"at_seconds": 60, "duration_seconds": 30, "instance_type": "ml.g5.xlarge", "warning": false},
                             {"at_seconds": 10, "duration_seconds": 5}]}"#,
         )
         .unwrap();
@@ -354,8 +397,12 @@ mod tests {
             interruptions_per_hour: 100.0,
             ..Default::default()
         });
-        assert_eq!(m.next_outage_after("ml.g5.xlarge", 0), Some(10_000));
-        assert_eq!(m.next_outage_after("ml.g5.xlarge", 10_000), Some(60_000));
+        assert_eq!(
+            m.next_outage_after("ml.g5.xlarge", 0).map(|o| o.start),
+            Some(10_000)
+        );
+        let second = m.next_outage_after("ml.g5.xlarge", 10_000).unwrap();
+        assert_eq!((second.start, second.warning), (60_000, false));
         assert_eq!(m.next_outage_after("ml.m5.large", 10_000), None);
         assert!(m.outage_at("ml.g5.xlarge", 89_999).is_some());
         assert!(m.outage_at("ml.g5.xlarge", 90_000).is_none());

@@ -136,7 +136,8 @@ pub async fn prepare(
     for c in &req.channels {
         let dest = layout.opt_ml.join("input/data").join(&c.name);
         if let Some(path) = c.uri.strip_prefix("file://") {
-            let src = Path::new(path);
+            // A relative link target would resolve against the link's own directory.
+            let src = &crate::absolute(Path::new(path));
             if !src.exists() {
                 return Err(SyncError::Io {
                     path: src.to_owned(),

@@ -34,7 +34,7 @@ use crate::events::state_change_event;
 use crate::job::{self, Effect, Input, JobSpec, JobState, Phase};
 use crate::market::{Market, MarketConfig};
 use crate::runner::{self, Images, Layout};
-use crate::sync::{split_s3_uri, CheckpointSync, SyncRecord};
+use crate::sync::{split_s3_uri, CheckpointSync, SyncRecord, UploadLimits};
 
 /// How the service runs.
 #[derive(Clone, Debug)]
@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub grace_seconds: f64,
     /// Wall time between checkpoint sync passes.
     pub sync_interval: Duration,
+    /// How fast the checkpoint sync uploads (wall time): its lag and bandwidth.
+    pub upload: UploadLimits,
     /// The spot market.
     pub market: MarketConfig,
     /// On-demand prices (the ledger's table).
@@ -65,7 +67,8 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// Defaults: us-east-1, account 000000000000, real time, SageMaker's 120 s grace period,
-    /// no interruptions.
+    /// no interruptions (half of any reclaims unwarned, when a rate is set), and a checkpoint
+    /// uploader that picks files up after a second and ships 100 MB/s.
     pub fn new(workdir: PathBuf, trainer: PathBuf) -> Self {
         ServiceConfig {
             region: "us-east-1".into(),
@@ -79,6 +82,10 @@ impl ServiceConfig {
             fast_forward: false,
             grace_seconds: 120.0,
             sync_interval: Duration::from_millis(250),
+            upload: UploadLimits {
+                lag: Duration::from_secs(1),
+                bandwidth: Some(100_000_000),
+            },
             market: MarketConfig::default(),
             on_demand_prices: PriceTable::builtin(),
             spot_prices: None,
@@ -198,6 +205,13 @@ impl TrainingService {
     /// A service using `s3` for checkpoints, channels and models. Must be called inside a Tokio
     /// runtime (it spawns the fast-forward task when enabled).
     pub fn new(config: ServiceConfig, clock: Arc<SimClock>, s3: aws_sdk_s3::Client) -> Self {
+        let mut config = config;
+        // Paths reach training processes that run in their instance directories.
+        config.workdir = crate::absolute(&config.workdir);
+        config.images.default = crate::absolute(&config.images.default);
+        for program in config.images.mapped.values_mut() {
+            *program = crate::absolute(program);
+        }
         let market = Market::new(
             config.market.clone(),
             clock.now_ms(),
@@ -653,18 +667,21 @@ struct Running {
     instance: u32,
     pid: Option<u32>,
     exited: watch::Receiver<bool>,
-    sync_stop: Option<oneshot::Sender<bool>>,
+    /// Stops the sync; `Some(limit)`: after a last pass of at most `limit` (wall time).
+    sync_stop: Option<oneshot::Sender<Option<Duration>>>,
     sync_done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops the sync (after a last pass when `flush`) and waits for it.
-    async fn stop_sync(&mut self, flush: bool) {
+    /// Stops the sync and waits for it; `flush`: after a last pass of at most that long (the
+    /// instance's remaining life), else at once, abandoning an upload in flight.
+    async fn stop_sync(&mut self, flush: Option<Duration>) {
         if let Some(stop) = self.sync_stop.take() {
             let _ = stop.send(flush);
         }
         if let Some(done) = self.sync_done.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(60), done).await;
+            let limit = flush.unwrap_or_default() + Duration::from_secs(10);
+            let _ = tokio::time::timeout(limit, done).await;
         }
     }
 }
@@ -672,7 +689,7 @@ impl Running {
 async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut running: Option<Running> = None;
     let mut ready_sync: Option<CheckpointSync> = None;
-    let mut next_reclaim: Option<EpochMs> = None;
+    let mut next_reclaim: Option<crate::market::Outage> = None;
     loop {
         let now = inner.clock.now_ms();
         let Some((req, spec, state)) = lock(&inner.jobs)
@@ -701,8 +718,8 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                 }
             }
             Phase::Downloading | Phase::Training if spec.spot => match next_reclaim {
-                Some(t) if t <= now => world = Some(Input::Reclaimed),
-                Some(t) => wake = earliest(wake, t),
+                Some(o) if o.start <= now => world = Some(Input::Reclaimed { warning: o.warning }),
+                Some(o) => wake = earliest(wake, o.start),
                 None => {}
             },
             _ => {}
@@ -820,8 +837,14 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                     }
                 }
                 Effect::Release { flush } => {
+                    // A last pass may use what is left of the instance's life: the grace
+                    // period after SIGTERM (simulated time, scaled to wall time).
+                    let left_ms = state.kill_at.map_or(spec.grace_ms, |k| (k - now).max(0));
+                    let wall = Duration::from_secs_f64(
+                        left_ms as f64 / 1000.0 / inner.config.time_scale.max(1e-9),
+                    );
                     if let Some(mut r) = running.take() {
-                        r.stop_sync(flush).await;
+                        r.stop_sync(flush.then_some(wall)).await;
                     }
                     ready_sync = None;
                     next_reclaim = None;
@@ -834,7 +857,7 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
                     let tx = lock(&inner.jobs).get(&name).map(|e| e.tx.clone());
                     tokio::spawn(async move {
                         if let Some(r) = &mut r {
-                            r.stop_sync(true).await;
+                            r.stop_sync(Some(FINAL_SYNC_LIMIT)).await;
                         }
                         let result = upload_model(&inner2, &name2, &req2, instance).await;
                         if let Some(tx) = tx {
@@ -851,6 +874,9 @@ async fn drive(inner: Arc<Inner>, name: String, mut rx: mpsc::UnboundedReceiver<
         }
     }
 }
+
+/// How long the last checkpoint pass before a model upload may take (wall time).
+const FINAL_SYNC_LIMIT: Duration = Duration::from_secs(600);
 
 /// Lays out the instance and copies inputs and checkpoints in.
 async fn download(
@@ -877,6 +903,7 @@ async fn download(
         uri,
         layout.container_path(&req.checkpoint_local_path),
         ChaCha8Rng::from_seed(seed32),
+        inner.config.upload,
     )
     .map_err(|e| e.to_string())?;
     sync.download()
@@ -944,7 +971,7 @@ async fn launch(
     let (sync_stop, sync_done) = match sync {
         None => (None, None),
         Some(mut sync) => {
-            let (stop_tx, mut stop_rx) = oneshot::channel::<bool>();
+            let (stop_tx, mut stop_rx) = oneshot::channel::<Option<Duration>>();
             let inner3 = inner.clone();
             let name3 = name.to_owned();
             let interval = inner.config.sync_interval;
@@ -958,25 +985,36 @@ async fn launch(
                         }
                     }
                 };
+                // A stop interrupts a pass in flight: an instance that goes takes its
+                // unfinished uploads with it.
                 let flush = loop {
                     tokio::select! {
-                        f = &mut stop_rx => break f.unwrap_or(false),
-                        _ = tokio::time::sleep(interval) => {
-                            match sync.pass().await {
-                                Ok(records) => record(records),
-                                Err(e) => note(&inner3, &name3, Note::SyncFailed { error: e.to_string() }),
-                            }
-                        }
+                        biased;
+                        f = &mut stop_rx => break f.unwrap_or(None),
+                        result = async {
+                            tokio::time::sleep(interval).await;
+                            sync.pass().await
+                        } => match result {
+                            Ok(records) => record(records),
+                            Err(e) => note(&inner3, &name3, Note::SyncFailed { error: e.to_string() }),
+                        },
                     }
                 };
-                if flush {
-                    match sync.pass().await {
-                        Ok(records) => record(records),
-                        Err(e) => note(
+                if let Some(limit) = flush {
+                    match tokio::time::timeout(limit, sync.pass()).await {
+                        Ok(Ok(records)) => record(records),
+                        Ok(Err(e)) => note(
                             &inner3,
                             &name3,
                             Note::SyncFailed {
                                 error: e.to_string(),
+                            },
+                        ),
+                        Err(_) => note(
+                            &inner3,
+                            &name3,
+                            Note::SyncFailed {
+                                error: format!("the last checkpoint upload did not finish within the instance's last {:.1} s", limit.as_secs_f64()),
                             },
                         ),
                     }

@@ -8,6 +8,10 @@
 //!   beside a file while it is uploaded and `<file>.sagemaker-uploaded` after, and deletes from
 //!   S3 what was deleted locally (including files that came from the download).
 //! - Temporary `*.sagemaker-ignore` files and the markers themselves are never uploaded.
+//! - Uploads are not instant: a file is picked up only once it is [`UploadLimits::lag`] old,
+//!   and with a bandwidth limit each takes its size / bandwidth (its `.sagemaker-uploading`
+//!   marker shows meanwhile) before the object appears in S3. An instance that goes without
+//!   warning takes whatever was not uploaded with it.
 //!
 //! Uploads carry a CRC-64/NVME checksum, so the object has the full-object CRC-64/NVME that S3
 //! gives new objects by default and the validator reads from HeadObject. The decision of what
@@ -15,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumAlgorithm;
@@ -42,16 +46,47 @@ pub enum SyncAction {
     Delete(String),
 }
 
-/// The pure decision: upload what is new or changed since it was last synced, delete what
-/// was synced and is gone locally; transport names are ignored on both sides.
-pub fn plan(local: &[LocalFile], synced: &BTreeMap<String, (u64, i128)>) -> Vec<SyncAction> {
+/// How fast the uploader ships files (wall time): SageMaker's is asynchronous and its
+/// bandwidth finite, and tests that assume an instant upload are kinder than AWS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// A new or changed file is picked up only once it is this old.
+    pub lag: Duration,
+    /// Bytes per second; `None`: as fast as the S3 endpoint takes them.
+    pub bandwidth: Option<u64>,
+}
+
+impl UploadLimits {
+    /// No lag, no bandwidth limit.
+    pub const INSTANT: UploadLimits = UploadLimits {
+        lag: Duration::ZERO,
+        bandwidth: None,
+    };
+
+    /// How long sending `bytes` takes at the bandwidth limit.
+    pub fn transfer_time(&self, bytes: u64) -> Duration {
+        match self.bandwidth {
+            Some(bw) if bw > 0 => Duration::from_secs_f64(bytes as f64 / bw as f64),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// The pure decision: upload what is new or changed since it was last synced (and last
+/// modified at or before `ready_ns`: younger files wait for a later pass), delete what was
+/// synced and is gone locally; transport names are ignored on both sides.
+pub fn plan(
+    local: &[LocalFile],
+    synced: &BTreeMap<String, (u64, i128)>,
+    ready_ns: i128,
+) -> Vec<SyncAction> {
     let mut actions = Vec::new();
     let file_name = |rel: &str| rel.rsplit('/').next().unwrap_or(rel).to_owned();
     for f in local {
         if is_transport_name(&file_name(&f.rel)) {
             continue;
         }
-        if synced.get(&f.rel) != Some(&f.stamp) {
+        if synced.get(&f.rel) != Some(&f.stamp) && f.stamp.1 <= ready_ns {
             actions.push(SyncAction::Upload(f.rel.clone()));
         }
     }
@@ -227,6 +262,7 @@ pub struct CheckpointSync {
     local: PathBuf,
     synced: BTreeMap<String, (u64, i128)>,
     rng: ChaCha8Rng,
+    limits: UploadLimits,
 }
 
 fn stamp(meta: &std::fs::Metadata) -> (u64, i128) {
@@ -278,6 +314,7 @@ impl CheckpointSync {
         s3_uri: &str,
         local: PathBuf,
         rng: ChaCha8Rng,
+        limits: UploadLimits,
     ) -> Result<Self, SyncError> {
         let (bucket, prefix) = split_s3_uri(s3_uri)?;
         Ok(CheckpointSync {
@@ -287,6 +324,7 @@ impl CheckpointSync {
             local,
             synced: BTreeMap::new(),
             rng,
+            limits,
         })
     }
 
@@ -318,9 +356,14 @@ impl CheckpointSync {
     }
 
     /// One pass: upload what is new or changed, delete what is gone (see the module doc).
+    /// Cancel-safe between files: dropping it mid-way leaves what was uploaded recorded.
     pub async fn pass(&mut self) -> Result<Vec<SyncRecord>, SyncError> {
         let local = scan(&self.local);
-        let mut actions = plan(&local, &self.synced);
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let ready_ns = now_ns - self.limits.lag.as_nanos() as i128;
+        let mut actions = plan(&local, &self.synced, ready_ns);
         actions.shuffle(&mut self.rng);
         let mut records = Vec::new();
         for action in actions {
@@ -367,6 +410,8 @@ impl CheckpointSync {
         // The directory may be removed by the trainer's retention at any moment: markers are
         // best effort, the upload is not.
         let _ = std::fs::write(&uploading, b"");
+        // The transfer takes its time before the object exists in S3.
+        tokio::time::sleep(self.limits.transfer_time(meta.len())).await;
         let key = format!("{}{rel}", self.prefix);
         let result = put_file(&self.s3, &self.bucket, &key, &path).await;
         let _ = std::fs::remove_file(&uploading);
@@ -429,14 +474,25 @@ mod tests {
             ),
         ];
         assert_eq!(
-            plan(&local, &synced),
+            plan(&local, &synced, 1),
             vec![
                 SyncAction::Upload("algo-1/step-000000000010/manifest.json".into()),
                 SyncAction::Upload("algo-1/step-000000000020/model.safetensors".into()),
                 SyncAction::Delete("algo-1/old".into()),
             ]
         );
-        assert!(plan(&[], &BTreeMap::new()).is_empty());
+        assert!(plan(&[], &BTreeMap::new(), 1).is_empty());
+        // Files modified after `ready_ns` wait (the uploader's lag); deletions do not.
+        assert_eq!(
+            plan(&local, &synced, 0),
+            vec![SyncAction::Delete("algo-1/old".into())]
+        );
+        let limits = UploadLimits {
+            lag: Duration::ZERO,
+            bandwidth: Some(1000),
+        };
+        assert_eq!(limits.transfer_time(2500), Duration::from_millis(2500));
+        assert_eq!(UploadLimits::INSTANT.transfer_time(1 << 30), Duration::ZERO);
     }
 
     #[test]

@@ -294,3 +294,139 @@ async fn a_user_stop_ends_stopped_and_bad_requests_get_sagemaker_errors() {
         .await
         .expect("the model object exists");
 }
+
+/// A job with the trainer's default checkpoint settings (adaptive interval, keep 3).
+fn create_with_defaults(
+    client: &aws_sdk_sagemaker::Client,
+    name: &str,
+    hp: &[(&str, &str)],
+) -> aws_sdk_sagemaker::operation::create_training_job::builders::CreateTrainingJobFluentBuilder {
+    let mut b = create(client, name, 0, true).set_hyper_parameters(None);
+    for (k, v) in hp {
+        b = b.hyper_parameters(*k, *v);
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwarned_reclaims_and_a_slow_uploader_lose_no_work_with_default_settings() {
+    // As harsh as AWS may be: two reclaims without SIGTERM, and a checkpoint uploader that
+    // takes a few seconds per checkpoint while the trainer (default settings) checkpoints far
+    // more often. Judged by the local disk alone, retention deleted checkpoints S3 had and kept
+    // ones it did not, so a reclaim could leave nothing valid in S3.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = r#"{"outages": [
+        {"at_seconds": 7, "duration_seconds": 1, "warning": false},
+        {"at_seconds": 16, "duration_seconds": 1, "warning": false}]}"#;
+    let mut service = ServiceConfig::new(dir.path().join("service"), trainer());
+    service.fast_forward = true;
+    service.market = MarketConfig {
+        trace: Some(Trace::from_json(trace.as_bytes()).unwrap()),
+        ..MarketConfig::default()
+    };
+    service.upload = spotcheck_local::sync::UploadLimits {
+        lag: Duration::from_millis(500),
+        bandwidth: Some(8 << 10),
+    };
+    let mut config = StackConfig::new(service);
+    config.buckets = vec![BUCKET.into()];
+    let stack = Stack::start(config, |_| {}).await.unwrap();
+    let hp = [
+        ("dataset", "synthetic"),
+        ("num_classes", "4"),
+        ("synthetic_samples", "512"),
+        ("image_size", "12"),
+        ("model_width", "4"),
+        ("model_hidden", "16"),
+        ("batch_size", "32"),
+        ("max_steps", "30000"),
+        ("backend", "cpu"),
+    ];
+    let sm = stack.sagemaker_client();
+    create_with_defaults(&sm, "svc-harsh", &hp)
+        .send()
+        .await
+        .unwrap();
+    let ok = stack
+        .service
+        .wait_until(Duration::from_secs(600), |jobs| {
+            jobs.iter()
+                .any(|j| j.name == "svc-harsh" && j.state.is_terminal())
+        })
+        .await;
+    assert!(ok, "the job did not end");
+    let job = stack
+        .service
+        .jobs()
+        .into_iter()
+        .find(|j| j.name == "svc-harsh")
+        .unwrap();
+    assert_eq!(
+        job.state.status, "Completed",
+        "{:?}",
+        job.state.failure_reason
+    );
+    assert_eq!(
+        job.state.interruptions, 2,
+        "both reclaims must hit the running trainer"
+    );
+    // Every instance after the first resumed from a checkpoint that was in S3 — none started
+    // over — and uploads were observed to lag (markers appeared after the writes).
+    let mut resumed = Vec::new();
+    for n in &job.notes {
+        if let spotcheck_local::service::Note::ProcessStarted { instance, log } = &n.note {
+            let text = std::fs::read_to_string(log).unwrap();
+            let p = spotcheck_local::report::parse_log("svc-harsh", *instance, &text);
+            resumed.push(p.resumed_from);
+        }
+    }
+    assert_eq!(resumed.len(), 3, "{resumed:?}");
+    assert_eq!(resumed[0], None);
+    assert!(
+        resumed[1].is_some_and(|s| s > 0) && resumed[2] > resumed[1],
+        "each restart resumes from newer uploaded work: {resumed:?}"
+    );
+
+    // The final model equals an uninterrupted run's, byte for byte.
+    let reference = dir.path().join("reference");
+    let mut cmd = std::process::Command::new(trainer());
+    cmd.arg("--data")
+        .arg("/nonexistent")
+        .arg("--checkpoint-dir")
+        .arg(reference.join("ckpt"))
+        .arg("--model-dir")
+        .arg(reference.join("model"))
+        .env("SPOTCHECK_IMDS", "off")
+        .env("SPOTCHECK_OPT_ML", reference.join("opt-ml"))
+        .env_remove("SM_MODEL_DIR")
+        .env_remove("SM_CURRENT_HOST")
+        .stdout(std::process::Stdio::null());
+    for (k, v) in hp {
+        cmd.arg("--hp").arg(format!("{k}={v}"));
+    }
+    assert!(cmd.status().unwrap().success());
+    let s3 = stack.s3_client();
+    let got = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key("models/svc-harsh/output/model.tar.gz")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let unpacked = dir.path().join("final");
+    tar::Archive::new(flate2::read::GzDecoder::new(&got[..]))
+        .unpack(&unpacked)
+        .unwrap();
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(unpacked.join(file)).unwrap()
+                == std::fs::read(reference.join("model").join(file)).unwrap(),
+            "{file} differs from the uninterrupted run"
+        );
+    }
+}

@@ -23,7 +23,9 @@
 //!   [`judge_at`] to also check the location, [`CheckpointReport::new`]
 //!
 //! Retention:
-//! - [`plan_retention`]`(checkpoints, keep_last, in_use) -> Vec<`[`RetentionAction`]`>` (pure)
+//! - [`plan_retention`]`(checkpoints, keep_last, in_use, uploads) -> Vec<`[`RetentionAction`]`>`
+//!   (pure; [`Uploads::Synced`] with [`uploaded_checkpoints`]`(root, checkpoints)` where an
+//!   uploader mirrors the root to S3)
 //! - [`execute_retention`]`(root, actions)`
 //!
 //! # Design
@@ -40,6 +42,7 @@ mod layout;
 mod manifest;
 mod retention;
 mod scan;
+mod upload;
 mod verify;
 mod writer;
 
@@ -53,10 +56,11 @@ pub use manifest::{
     FileEntry, Manifest, ManifestError, FORMAT_VERSION, MAX_FILES, MAX_FILE_SIZE,
     MAX_MANIFEST_BYTES,
 };
-pub use retention::{execute_retention, plan_retention, RetentionAction, RetentionError};
+pub use retention::{execute_retention, plan_retention, RetentionAction, RetentionError, Uploads};
 pub use scan::{
     open_latest_valid, validate_root, validate_root_with, CheckpointReport, ReadError, Report,
     ValidCheckpoint, Verification,
 };
+pub use upload::{is_fully_uploaded, mark_uploaded, uploaded_checkpoints};
 pub use verify::{judge, judge_at, ChecksumKind, ObservedFile, Reason, Status, Verdict};
 pub use writer::{CheckpointWriter, CommittedCheckpoint, PendingCheckpoint, WriteError};

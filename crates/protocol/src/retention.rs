@@ -3,9 +3,10 @@
 //! Owns the retention rules. [`plan_retention`] is pure: a report in, a list of
 //! [`RetentionAction`]s out, tested as a table. [`execute_retention`] only carries actions
 //! out. On SageMaker, deleting a local checkpoint file deletes it in S3 too, so the rules err
-//! on the side of keeping.
+//! on the side of keeping: where an uploader ships the root to S3 ([`Uploads::Synced`]), only
+//! checkpoints that reached S3 count as kept, and the newest of them is never deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -24,10 +25,28 @@ pub enum RetentionAction {
     },
 }
 
+/// Whether something ships the checkpoint root to S3, and what it has shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploads<'a> {
+    /// Nothing mirrors the root (local training, or a store that is itself durable): the
+    /// valid checkpoints on disk are what there is.
+    Unsynced,
+    /// An uploader mirrors the root to S3 and deletes there what is deleted here (SageMaker's
+    /// checkpoint sync, the local service's, the trainer's own `--checkpoint-s3-uri` mirror):
+    /// these checkpoint names are fully uploaded (see [`crate::uploaded_checkpoints`]). A
+    /// checkpoint not yet uploaded would be lost with the instance, so it does not count as
+    /// kept; one newer than the newest uploaded may still be on its way, so it is not deleted.
+    Synced(&'a BTreeSet<String>),
+}
+
 /// Plans deletions, per namespace:
 ///
 /// - keep the newest `keep_last` valid checkpoints (at least one: the newest valid checkpoint
 ///   is never deleted, even with `keep_last == 0`); delete older valid ones;
+/// - with [`Uploads::Synced`], "valid" above means "valid and fully uploaded": the newest
+///   uploaded checkpoint is never deleted, every valid checkpoint newer than it is kept (an
+///   upload may be in flight), and an older one that never reached S3 is deleted; with nothing
+///   uploaded yet, no valid checkpoint is deleted;
 /// - delete an incomplete or corrupt checkpoint only when it is older than the newest valid
 ///   one: a newer incomplete one may be a write or an upload in flight, and with no valid
 ///   checkpoint at all nothing is deleted;
@@ -38,6 +57,7 @@ pub fn plan_retention(
     checkpoints: &[CheckpointReport],
     keep_last: usize,
     in_use: &[&str],
+    uploads: Uploads<'_>,
 ) -> Vec<RetentionAction> {
     let keep_last = keep_last.max(1);
     let mut namespaces: BTreeMap<Option<&str>, Vec<&CheckpointReport>> = BTreeMap::new();
@@ -59,10 +79,31 @@ pub fn plan_retention(
         let Some(&newest_valid) = valid_steps.first() else {
             continue;
         };
-        let oldest_kept = valid_steps[valid_steps.len().min(keep_last) - 1];
+        // The valid checkpoints that count as kept: all of them, or those in S3.
+        let counted: Vec<u64> = match uploads {
+            Uploads::Unsynced => valid_steps.clone(),
+            Uploads::Synced(uploaded) => {
+                let mut steps: Vec<u64> = group
+                    .iter()
+                    .filter(|c| c.status == Status::Valid && uploaded.contains(&c.name))
+                    .map(|c| c.step)
+                    .collect();
+                steps.sort_unstable_by(|a, b| b.cmp(a));
+                steps.dedup();
+                steps
+            }
+        };
+        // Kept: the newest `keep_last` counted ones, and anything newer than the newest counted
+        // one (only possible when synced: written, not yet uploaded).
+        let kept = &counted[..counted.len().min(keep_last)];
         for checkpoint in group {
             let doomed = match checkpoint.status {
-                Status::Valid => checkpoint.step < oldest_kept,
+                Status::Valid => {
+                    counted
+                        .first()
+                        .is_some_and(|&newest| checkpoint.step < newest)
+                        && !kept.contains(&checkpoint.step)
+                }
                 Status::Incomplete | Status::Corrupt => checkpoint.step < newest_valid,
             };
             if doomed && !in_use.contains(&checkpoint.name.as_str()) {
@@ -162,6 +203,8 @@ mod tests {
         checkpoints: &'static [(&'static str, Status)],
         keep_last: usize,
         in_use: &'static [&'static str],
+        /// `Some`: synced, with these fully uploaded.
+        uploaded: Option<&'static [&'static str]>,
         deletes: &'static [&'static str],
     }
 
@@ -176,6 +219,7 @@ mod tests {
             ],
             keep_last: 2,
             in_use: &[],
+            uploaded: None,
             deletes: &["algo-1/step-000000000100", "algo-1/step-000000000200"],
         },
         Case {
@@ -186,6 +230,7 @@ mod tests {
             ],
             keep_last: 0,
             in_use: &[],
+            uploaded: None,
             deletes: &["algo-1/step-000000000100"],
         },
         Case {
@@ -199,6 +244,7 @@ mod tests {
             ],
             keep_last: 3,
             in_use: &[],
+            uploaded: None,
             deletes: &["algo-1/step-000000000100", "algo-1/step-000000000200"],
         },
         Case {
@@ -209,6 +255,7 @@ mod tests {
             ],
             keep_last: 1,
             in_use: &[],
+            uploaded: None,
             deletes: &[],
         },
         Case {
@@ -221,6 +268,7 @@ mod tests {
             ],
             keep_last: 1,
             in_use: &["algo-1/step-000000000100", "algo-1/step-000000000150"],
+            uploaded: None,
             deletes: &["algo-1/step-000000000200"],
         },
         Case {
@@ -235,6 +283,7 @@ mod tests {
             ],
             keep_last: 1,
             in_use: &[],
+            uploaded: None,
             deletes: &[
                 "algo-1/step-000000000100",
                 "algo-2/step-000000000050",
@@ -249,6 +298,7 @@ mod tests {
             ],
             keep_last: 5,
             in_use: &[],
+            uploaded: None,
             deletes: &[],
         },
         Case {
@@ -256,7 +306,61 @@ mod tests {
             checkpoints: &[],
             keep_last: 2,
             in_use: &[],
+            uploaded: None,
             deletes: &[],
+        },
+        Case {
+            what: "synced: nothing uploaded yet, no valid checkpoint may go",
+            checkpoints: &[
+                ("algo-1/step-000000000100", V),
+                ("algo-1/step-000000000200", V),
+                ("algo-1/step-000000000300", V),
+                ("algo-1/step-000000000050", C),
+            ],
+            keep_last: 1,
+            in_use: &[],
+            uploaded: Some(&[]),
+            deletes: &["algo-1/step-000000000050"],
+        },
+        Case {
+            what:
+                "synced: the newest uploaded is kept, newer pending ones too, older un-uploaded go",
+            checkpoints: &[
+                ("algo-1/step-000000000100", V),
+                ("algo-1/step-000000000200", V),
+                ("algo-1/step-000000000300", V),
+                ("algo-1/step-000000000400", V),
+                ("algo-1/step-000000000500", V),
+            ],
+            keep_last: 1,
+            in_use: &[],
+            uploaded: Some(&["algo-1/step-000000000100", "algo-1/step-000000000300"]),
+            deletes: &["algo-1/step-000000000100", "algo-1/step-000000000200"],
+        },
+        Case {
+            what: "synced: only uploaded checkpoints count toward keep_last",
+            checkpoints: &[
+                ("algo-1/step-000000000100", V),
+                ("algo-1/step-000000000200", V),
+                ("algo-1/step-000000000300", V),
+                ("algo-1/step-000000000400", V),
+            ],
+            keep_last: 2,
+            in_use: &[],
+            uploaded: Some(&["algo-1/step-000000000100", "algo-1/step-000000000200"]),
+            deletes: &[],
+        },
+        Case {
+            what: "synced: an uploaded name that is not valid here does not count",
+            checkpoints: &[
+                ("algo-1/step-000000000100", V),
+                ("algo-1/step-000000000200", C),
+                ("algo-1/step-000000000300", V),
+            ],
+            keep_last: 1,
+            in_use: &[],
+            uploaded: Some(&["algo-1/step-000000000100", "algo-1/step-000000000200"]),
+            deletes: &["algo-1/step-000000000200"],
         },
     ];
 
@@ -264,7 +368,19 @@ mod tests {
     fn retention_table() {
         for case in CASES {
             let reports: Vec<_> = case.checkpoints.iter().map(|(n, s)| at(n, *s)).collect();
-            let got = deleted(plan_retention(&reports, case.keep_last, case.in_use));
+            let uploaded: Option<BTreeSet<String>> = case
+                .uploaded
+                .map(|names| names.iter().map(|n| n.to_string()).collect());
+            let uploads = match &uploaded {
+                Some(set) => Uploads::Synced(set),
+                None => Uploads::Unsynced,
+            };
+            let got = deleted(plan_retention(
+                &reports,
+                case.keep_last,
+                case.in_use,
+                uploads,
+            ));
             assert_eq!(got, case.deletes, "{}", case.what);
         }
     }
@@ -275,7 +391,12 @@ mod tests {
         let mut reports: Vec<_> = case.checkpoints.iter().map(|(n, s)| at(n, *s)).collect();
         reports.reverse();
         assert_eq!(
-            deleted(plan_retention(&reports, case.keep_last, &[])),
+            deleted(plan_retention(
+                &reports,
+                case.keep_last,
+                &[],
+                Uploads::Unsynced
+            )),
             case.deletes
         );
     }

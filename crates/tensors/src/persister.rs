@@ -147,6 +147,7 @@ mod tests {
             created_at_ms: 0,
             meta: None,
             keep: 2,
+            synced: false,
             pause_before_manifest: None,
             gate_before_manifest: None,
         }

@@ -415,6 +415,7 @@ mod tests {
             created_at_ms: 0,
             meta: None,
             keep: 10,
+            synced: false,
             pause_before_manifest: None,
             gate_before_manifest: None,
         })

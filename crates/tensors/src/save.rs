@@ -2,15 +2,17 @@
 //!
 //! Owns the order of a save: every file through the protocol crate's writer (temporary name,
 //! SHA-256 and CRC-64/NVME, fsync, rename), the manifest last, then the protocol crate's
-//! retention planner over this namespace only. Retention failing never fails the save: the
-//! new checkpoint is already durable, and keeping an old one too is the safe side.
+//! retention planner over this namespace only, upload-aware where an uploader mirrors the root
+//! (only fully uploaded checkpoints count as kept, the newest uploaded is never deleted).
+//! Retention failing never fails the save: the new checkpoint is already durable, and keeping
+//! an old one too is the safe side.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use spotcheck_protocol::{
-    execute_retention, plan_retention, validate_root_with, CheckpointWriter, RetentionAction,
-    Verification, WriteError,
+    execute_retention, plan_retention, uploaded_checkpoints, validate_root_with,
+    CheckpointWriter, RetentionAction, Uploads, Verification, WriteError,
 };
 
 use crate::region::HostRegion;
@@ -46,6 +48,9 @@ pub struct SaveJob {
     pub meta: Option<serde_json::Value>,
     /// Valid checkpoints of this namespace to keep (at least 1).
     pub keep: usize,
+    /// Whether an uploader mirrors the root to S3 and deletes there what is deleted here
+    /// (SageMaker's checkpoint sync): then retention counts only fully uploaded checkpoints.
+    pub synced: bool,
     /// Testing hook: sleep this long between the data files and the manifest, so tests can
     /// kill the process while a save is in flight.
     pub pause_before_manifest: Option<Duration>,
@@ -130,7 +135,12 @@ fn retain(job: &SaveJob) -> Result<Vec<String>, String> {
         .into_iter()
         .filter(|c| c.namespace.as_deref() == Some(job.namespace.as_str()))
         .collect();
-    let actions = plan_retention(&ours, job.keep, &[]);
+    let uploaded = job.synced.then(|| uploaded_checkpoints(&job.root, &ours));
+    let uploads = match &uploaded {
+        Some(set) => Uploads::Synced(set),
+        None => Uploads::Unsynced,
+    };
+    let actions = plan_retention(&ours, job.keep, &[], uploads);
     execute_retention(&job.root, &actions).map_err(|e| e.to_string())?;
     Ok(actions
         .into_iter()
@@ -172,6 +182,7 @@ mod tests {
             created_at_ms: 1,
             meta: Some(serde_json::json!({"framework": "pytorch"})),
             keep,
+            synced: false,
             pause_before_manifest: None,
             gate_before_manifest: None,
         }
@@ -219,6 +230,45 @@ mod tests {
                 "algo-1/step-000000000004",
                 "algo-2/step-000000000001"
             ]
+        );
+    }
+
+    #[test]
+    fn with_an_uploader_only_uploaded_checkpoints_count_and_pending_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![1u8; 16];
+        let mut saved = Vec::new();
+        for step in 1..=2 {
+            let mut j = job(dir.path(), step, &data, 1);
+            j.synced = true;
+            saved.push(write_job(&j).unwrap());
+        }
+        assert!(
+            saved[1].deleted.is_empty(),
+            "nothing uploaded yet: nothing may go"
+        );
+        let first = spotcheck_protocol::Manifest::parse(
+            &std::fs::read(saved[0].dir.join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        spotcheck_protocol::mark_uploaded(&saved[0].dir, &first).unwrap();
+        let mut j = job(dir.path(), 3, &data, 1);
+        j.synced = true;
+        let third = write_job(&j).unwrap();
+        assert!(
+            third.deleted.is_empty(),
+            "step 1 is the newest uploaded: kept; 2 and 3 may still be uploading: kept"
+        );
+        let mut j = job(dir.path(), 4, &data, 1);
+        j.synced = false;
+        assert_eq!(
+            write_job(&j).unwrap().deleted,
+            [
+                "algo-1/step-000000000001",
+                "algo-1/step-000000000002",
+                "algo-1/step-000000000003"
+            ],
+            "without an uploader, keep 1 keeps only the newest"
         );
     }
 

@@ -19,12 +19,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::backend::{Autodiff, Flex};
+use spotcheck_notices::StopFlags;
 use spotcheck_trainer::hyper::Hyperparameters;
 use spotcheck_trainer::model::NetConfig;
 use spotcheck_trainer::optim::{Optimizer, OptimizerConfig};
 use spotcheck_trainer::persist::write_checkpoint;
 use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
-use spotcheck_trainer::signals::StopFlags;
 use spotcheck_trainer::snapshot::Snapshot;
 use spotcheck_trainer::state::{RngState, TrainerState, STATE_VERSION};
 use spotcheck_trainer::train::{self, Run};
