@@ -9,6 +9,9 @@
 #                                     .venv-checkov checkov (checkov.lock.txt; it pins boto3 1.35,
 #                                                   aws-sam-cli pins 1.43, so they cannot share)
 #   scripts/python-tools.sh deploy    .venv-deploy  cargo-lambda + zig, for `sam build`
+#   scripts/python-tools.sh torch     .venv-torch   PyTorch (CPU use of PyPI's build), torchdata,
+#                                                   safetensors, pytest, maturin: the Python
+#                                                   package's tests and benchmark (torch.lock.txt)
 #   scripts/python-tools.sh all       all of the above
 #   scripts/python-tools.sh uv        only bootstraps uv; prints its path
 #
@@ -56,6 +59,9 @@ case "$target" in
     deploy)
         ensure_venv .venv-deploy "$REQ/deploy.lock.txt"
         ;;
+    torch)
+        ensure_venv .venv-torch "$REQ/torch.lock.txt"
+        ;;
     all)
         ensure_venv .venv-tools "$REQ/tools.lock.txt"
         ensure_venv .venv-checkov "$REQ/checkov.lock.txt"
@@ -65,7 +71,7 @@ case "$target" in
         echo "$PWD/.venv-uv/bin/uv"
         ;;
     *)
-        log "usage: $0 [check|deploy|all|uv]"
+        log "usage: $0 [check|deploy|torch|all|uv]"
         exit 2
         ;;
 esac

@@ -11,9 +11,10 @@
 #   4. project checks (infra/tools/check_template.py): policy variable names match
 #      crates/control/src/policy.rs, no wildcard IAM actions, functions are workspace crates,
 #      every rule target has retries and a DLQ
-#   5. checkov on the template, on the transformed output and on infra/Dockerfile; deliberate
+#   5. checkov on the template, on the transformed output and on both Dockerfiles; deliberate
 #      exceptions are inline skips with reasons (see .checkov.yaml)
-#   6. hadolint on infra/Dockerfile (the image cannot be built here: no Docker engine)
+#   6. hadolint on infra/Dockerfile and infra/Dockerfile.pytorch (the images cannot be built
+#      here: no Docker engine)
 #   7. shellcheck on the infra scripts, a syntax check of the infra Python
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,9 +52,11 @@ step "sam validate --lint" "$TOOLS/sam" validate --lint -t infra/template.yaml
 step "project checks" "$TOOLS/python" infra/tools/check_template.py infra/template.yaml
 step "checkov infra/template.yaml" "${CHECKOV[@]}" -f infra/template.yaml --framework cloudformation
 step "checkov infra/Dockerfile" "${CHECKOV[@]}" -f infra/Dockerfile --framework dockerfile
+step "checkov infra/Dockerfile.pytorch" "${CHECKOV[@]}" -f infra/Dockerfile.pytorch --framework dockerfile
 step "hadolint infra/Dockerfile" "$TOOLS/hadolint" infra/Dockerfile
+step "hadolint infra/Dockerfile.pytorch" "$TOOLS/hadolint" infra/Dockerfile.pytorch
 step "shellcheck" "$TOOLS/shellcheck" scripts/python-tools.sh scripts/static-checks.sh scripts/emulators.sh \
-    scripts/fuzz-soak.sh
+    scripts/fuzz-soak.sh scripts/python-tests.sh
 step "python syntax" "$TOOLS/python" -c 'import ast, sys; [ast.parse(open(p).read(), p) for p in sys.argv[1:]]' infra/tools/sam_transform.py \
     infra/tools/check_template.py scripts/emulators-smoke.py
 

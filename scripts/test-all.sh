@@ -35,8 +35,14 @@ trap 'bash scripts/emulators.sh stop' EXIT
 eval "$(bash scripts/emulators.sh env)"
 .venv-localstack/bin/python scripts/emulators-smoke.py
 
+step "Python package: pinned PyTorch venv, the spotcheck wheel (the replay suite writes a checkpoint with it)"
+bash scripts/python-tests.sh install
+
 step "cargo test (unit, integration, replay)"
 cargo test --workspace --locked
+
+step "Python package tests (pytest, real PyTorch, the spotcheck CLI)"
+bash scripts/python-tests.sh test
 
 # The README's first command exactly as a newcomer runs it: from the repository root, with
 # its defaults (relative work directory, the default market with unwarned reclaims and a slow

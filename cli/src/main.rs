@@ -10,15 +10,19 @@
 //!   to their function (see `docs/lambdas.md`, "Redrive").
 //! - `spotcheck report --ledger s3://BUCKET/PREFIX` — what spotcheck did for a deployed stack,
 //!   from its ledger (see `docs/report.md`).
+//! - `spotcheck run -- CMD ARGS…` — a training container's PID 1: forwards stop signals, passes
+//!   spot notices on, reaps zombies (crates/launcher, docs/pytorch.md).
 //!
 //! Exit codes: `validate` 0 when a valid checkpoint exists, 1 when none; `demo` 0 when the final
 //! weights equal the uninterrupted run's, 1 when not; `redrive` 0 when every message was
-//! redriven, 1 when any failed or the run stopped; 2 on usage errors and unreadable or
-//! malformed input, for every command.
+//! redriven, 1 when any failed or the run stopped; `run` the training command's own code
+//! (128 + signal when a signal ended it; 127 when it cannot be started); 2 on usage errors and
+//! unreadable or malformed input, for every command.
 
 mod local;
 mod redrive;
 mod report;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,6 +80,9 @@ enum Command {
     /// Report what spotcheck did, per lineage and in total, from a deployed stack's ledger
     /// (text; optionally HTML with charts, and JSON).
     Report(report::Report),
+    /// Run a training command as a container's PID 1: forward SIGTERM/SIGINT, pass spot notices
+    /// on (notice file + signal), reap zombies, SIGKILL after the grace time, exit with its code.
+    Run(run::RunArgs),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -158,6 +165,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => local::run_demo(args),
         Command::Redrive(args) => redrive::run(args),
         Command::Report(args) => report::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => Ok(ExitCode::from(run::run(args)?)),
     }
 }
 

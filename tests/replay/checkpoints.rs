@@ -109,19 +109,23 @@ async fn steps(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<Strin
 
 /// What one validation cost.
 #[derive(Debug)]
-struct Cost {
+pub(crate) struct Cost {
     /// Keys fetched with GetObject, on the wire.
-    gets: Vec<String>,
+    pub(crate) gets: Vec<String>,
     /// HeadObject requests on the wire.
-    heads: usize,
+    pub(crate) heads: usize,
     /// ListObjectsV2 requests on the wire.
-    lists: usize,
+    pub(crate) lists: usize,
     /// Whole-object stream hashes (the fallback).
-    streamed: usize,
+    pub(crate) streamed: usize,
 }
 
 /// Validates `s3://bucket/prefix` through a counting store over a counting proxy.
-async fn validate(e: &Emulators, bucket: &str, prefix: &str) -> (CheckpointValidation, Cost) {
+pub(crate) async fn validate(
+    e: &Emulators,
+    bucket: &str,
+    prefix: &str,
+) -> (CheckpointValidation, Cost) {
     let proxy = FaultProxy::start(&e.s3).await;
     let s3 = spotcheck_aws::sdk::s3_client(
         &sdk_config(&proxy.endpoint(), &Tuning::lambda().await),
@@ -158,7 +162,7 @@ async fn validate(e: &Emulators, bucket: &str, prefix: &str) -> (CheckpointValid
     (validation, cost)
 }
 
-fn assert_no_data_download(what: &str, cost: &Cost) {
+pub(crate) fn assert_no_data_download(what: &str, cost: &Cost) {
     assert!(
         cost.gets.iter().all(|k| k.ends_with("/manifest.json")),
         "{what}: only manifests are fetched, never data: {cost:?}"

@@ -10,6 +10,7 @@
 //! | [`handlers`] (`moto_…`) | the tag gate and Describe against a second SageMaker implementation; moto's gaps | moto server |
 //! | [`ec2`] | `Ec2Handler` for instances launched with a run's tags: DescribeTags maps them to the run, the checkpoints are validated, the continuation is created once from the S3 request template (managed spot, same checkpoint URI, resume step), the give-up policy without a checkpoint, records and announcements | LocalStack EC2 (instances, tags), S3 (checkpoints, template, ledger), EventBridge → SQS; local SageMaker service (the continuation, `ResourceInUse`) |
 //! | [`checkpoints`] | checkpoints written by the real trainer to S3 are judged valid, torn and corrupted variants as such, with no data-object GET | LocalStack S3, the `train` binary |
+//! | [`pytorch`] | a checkpoint written by the Python package from a real PyTorch run is judged valid in S3, with no data-object GET | LocalStack S3, `.venv-torch` (scripts/python-tests.sh) |
 //! | [`mirror`] | the trainer's own S3 mirror under faults: a hung upload does not hold the final checkpoint back on a stop; a failed download leaves no checkpoint behind, and the next start still resumes from the newest one in S3 | fault proxy in front of LocalStack S3, the `train` binary |
 //! | [`faults`] | throttling, 5xx and hangs are retried by the SDK (counted), persistent ones end in a transient `Err`, redelivery completes the action exactly once | fault proxy in front of LocalStack and the local SageMaker service |
 //! | [`lambda_runtime`] | the real `sagemaker-events` binary in the Lambda runtime loop: responses, error reports with `errorType` | cargo-lambda's runtime API emulator |
@@ -26,5 +27,6 @@ mod handlers;
 mod lambda_runtime;
 mod redrive;
 mod mirror;
+mod pytorch;
 mod report;
 mod routing;

@@ -1,0 +1,80 @@
+"""When to checkpoint: fixed triggers and the Young/Daly optimum, as the Rust trainer does.
+
+With checkpoint cost C (seconds the training loop is blocked per save) and mean time between
+interruptions M, Young's interval sqrt(2CM) minimises expected lost plus spent time; Daly's
+correction is ``sqrt(2CM)·(1 + sqrt(C/2M)/3 + C/18M) − C`` for C < 2M, and M otherwise. The
+interval is never shorter than the last save took to become durable (one save in flight).
+Observed restarts only ever shorten M. Pure: times are passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+def daly_interval(cost: float, mtbf: float) -> float:
+    """Daly's optimum interval in seconds for checkpoint cost ``cost`` and MTBF ``mtbf``."""
+    c = max(cost, 1e-6)
+    m = max(mtbf, 1e-6)
+    if c >= 2.0 * m:
+        return mtbf
+    young = math.sqrt(2.0 * c * m)
+    return max(young * (1.0 + math.sqrt(c / (2.0 * m)) / 3.0 + c / (18.0 * m)) - c, c)
+
+
+def mtbf(expected_per_hour: float, restarts: int, run_seconds: float) -> Optional[float]:
+    """Mean time between interruptions (s) from the expected rate and this run's restarts."""
+    observed = restarts / (run_seconds / 3600.0) if run_seconds > 60.0 and restarts > 0 else 0.0
+    rate = max(expected_per_hour, observed)
+    return 3600.0 / rate if rate > 0 else None
+
+
+class Schedule:
+    """Decides, at step boundaries, whether a periodic checkpoint is due.
+
+    The first call is always due (it measures the cost). After that: every ``every_steps``
+    steps, every ``every_seconds`` seconds, or at the adaptive interval, whichever comes first.
+    Never while a save is in flight: a periodic checkpoint that comes due then is skipped.
+    """
+
+    def __init__(
+        self,
+        interruptions_per_hour: float = 0.5,
+        every_steps: Optional[int] = None,
+        every_seconds: Optional[float] = None,
+        adaptive: bool = True,
+    ) -> None:
+        self.interruptions_per_hour = interruptions_per_hour
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.adaptive = adaptive
+        self.interval: Optional[float] = None
+        self.last_save_at: Optional[float] = None
+        self.last_stall = 0.0
+
+    def due(self, now: float, step: Optional[int], busy: bool) -> bool:
+        """Whether to save now (``now`` in seconds of any monotonic clock)."""
+        if busy:
+            return False
+        if self.last_save_at is None:
+            return True
+        since = now - self.last_save_at
+        if self.every_steps and step is not None and step % self.every_steps == 0:
+            return True
+        if self.every_seconds is not None and since >= self.every_seconds:
+            return True
+        return self.interval is not None and since >= self.interval
+
+    def saved(self, now: float, stall: float) -> None:
+        """A save was handed over at ``now`` after blocking the loop for ``stall`` seconds."""
+        self.last_save_at = now
+        self.last_stall = stall
+
+    def persisted(self, persist_seconds: float, restarts: int, run_seconds: float) -> None:
+        """A save became durable after ``persist_seconds``: recompute the adaptive interval."""
+        if not self.adaptive:
+            return
+        m = mtbf(self.interruptions_per_hour, restarts, run_seconds)
+        if m is not None:
+            self.interval = max(daly_interval(self.last_stall, m), persist_seconds)

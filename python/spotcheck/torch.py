@@ -1,0 +1,548 @@
+"""Spot-safe checkpoints for PyTorch training scripts.
+
+::
+
+    from spotcheck.torch import Checkpointer
+
+    ckpt = Checkpointer()                        # SageMaker's checkpoint folder, keep 3
+    step = ckpt.restore(model=model, optimizer=opt, scheduler=sched, loader=loader) or 0
+    for batch in loader:
+        ...
+        step += 1
+        if ckpt.should_stop():                   # SIGTERM/SIGINT or a spot notice
+            ckpt.save(step, model=model, optimizer=opt, scheduler=sched, loader=loader)
+            ckpt.wait()
+            sys.exit(143)
+        if ckpt.due(step):                       # adaptive (Young/Daly) interval
+            ckpt.save(step, model=model, optimizer=opt, scheduler=sched, loader=loader)
+    ckpt.wait()
+
+Keyword arguments are objects with ``state_dict()``/``load_state_dict()`` (modules,
+optimizers, LR schedulers, ``torchdata``'s ``StatefulDataLoader``, …) or plain values (JSON,
+tuples, tensors, NumPy arrays); restored plain values are in :attr:`Checkpointer.values`.
+Python's, NumPy's and torch's CPU and CUDA random states are saved and restored as well.
+
+:meth:`Checkpointer.save` blocks only while tensors are copied into reused host buffers
+(pinned when they come from CUDA); a Rust thread, without the GIL, then writes, hashes
+(SHA-256 and CRC-64/NVME), fsyncs and commits the checkpoint, manifest last, and applies
+retention. One save is in flight at a time: ``save`` waits for the previous one first, and
+:meth:`Checkpointer.due` says no while one is in flight, so periodic saves are skipped rather
+than stall training.
+
+The files are checkpoint format v1 (docs/checkpoint-format.md): ``<root>/<host>/step-N/`` with
+one safetensors file per object (``model.safetensors`` holds exactly ``model.state_dict()``,
+readable with ``safetensors.torch.load_file``), ``rng-states.safetensors``, ``state.json``
+(everything that is not a tensor) and ``manifest.json``, written last. ``spotcheck validate``
+and the control plane's S3 validation read them as they read the Rust trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from . import _interval, _native, _paths, _tree
+from ._native import CheckpointError
+from ._stop import StopWatch
+
+__all__ = ["Checkpointer", "CheckpointError", "EXIT_STOPPED"]
+
+log = logging.getLogger("spotcheck")
+
+#: The exit code after a stop with a durable checkpoint (128 + SIGTERM), as the trainer uses.
+EXIT_STOPPED = 143
+
+STATE_FILE = "state.json"
+RNG_FILE = "rng-states.safetensors"
+STATE_FORMAT = "spotcheck.torch"
+STATE_VERSION = 1
+
+_DTYPES: Dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+}
+for _name, _st in [
+    ("uint16", "U16"),
+    ("uint32", "U32"),
+    ("uint64", "U64"),
+    ("float8_e4m3fn", "F8_E4M3"),
+    ("float8_e5m2", "F8_E5M2"),
+    ("float8_e4m3fnuz", "F8_E4M3FNUZ"),
+    ("float8_e5m2fnuz", "F8_E5M2FNUZ"),
+    ("float8_e8m0fnu", "F8_E8M0"),
+]:
+    if hasattr(torch, _name):
+        _DTYPES[getattr(torch, _name)] = _st
+_TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _ndarray_to_tensor(array: Any) -> torch.Tensor:
+    return torch.frombuffer(bytearray(array.tobytes()), dtype=torch.uint8)
+
+
+def _tensor_to_ndarray(tensor: torch.Tensor, dtype: str, shape: List[int]) -> Any:
+    import numpy as np
+
+    return np.frombuffer(tensor.numpy().tobytes(), dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def _rng_state() -> Dict[str, Any]:
+    state: Dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    np = _numpy()
+    if np is not None:
+        state["numpy"] = np.random.get_state(legacy=False)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    if "python" in state:
+        random.setstate(state["python"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].clone())
+    np = _numpy()
+    if "numpy" in state and np is not None:
+        np.random.set_state(state["numpy"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([t.clone() for t in cuda])
+        else:
+            log.warning(
+                "checkpoint has CUDA random states for %d devices, this machine has %d: not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+
+
+class _Buffer:
+    """One file's reused host buffer and the layout it was planned for."""
+
+    def __init__(self, key: Tuple, layout: Any, pinned: bool) -> None:
+        self.key = key
+        self.layout = layout
+        self.pinned = pinned
+        self.data = torch.empty(layout.data_len, dtype=torch.uint8, pin_memory=pinned)
+
+
+#: Tensors smaller than this are copied out of the file buffer on restore: some consumers
+#: (torch's generator ``set_state``, which torchdata's loader state uses too) read from the
+#: start of a tensor's storage and ignore its offset. Larger ones (weights, optimizer moments)
+#: stay zero-copy views, which every tensor operation handles.
+OWN_STORAGE_BELOW = 1 << 20
+
+
+def _view(buffer: torch.Tensor, start: int, end: int, dtype: torch.dtype, shape: List[int]) -> torch.Tensor:
+    """The bytes ``[start, end)`` of a uint8 buffer as a tensor of ``dtype`` and ``shape``."""
+    raw = buffer[start:end]
+    size = torch.empty((), dtype=dtype).element_size()
+    if start % size or end - start < OWN_STORAGE_BELOW:
+        raw = raw.clone()  # its own storage (and aligned, whoever laid the file out)
+    return raw.view(dtype).view(shape)
+
+
+class Checkpointer:
+    """Saves and restores training state as spot-safe checkpoints.
+
+    Args:
+        directory: the checkpoint root; ``None`` means SageMaker's CheckpointConfig
+            LocalPath, else ``/opt/ml/checkpoints``.
+        keep: valid checkpoints of this host to keep (at least 1). The newest valid one is
+            never deleted, and incomplete ones are deleted only once a newer one is valid.
+            Where SageMaker's checkpoint sync mirrors the folder, only fully uploaded
+            checkpoints count, and the newest uploaded one is never deleted.
+        namespace: this host's (or rank's) folder; default ``SM_CURRENT_HOST`` or ``algo-1``.
+            Processes sharing a root must use different namespaces.
+        interruptions_per_hour: expected interruption rate for :meth:`due`'s adaptive
+            interval (observed restarts raise it).
+        every_steps, every_seconds: fixed triggers for :meth:`due`, besides the adaptive one.
+        adaptive: whether :meth:`due` uses the Young/Daly interval.
+        verify: what restore checks of every byte it loads: ``"crc"`` (size and CRC-64/NVME,
+            at memory speed) or ``"full"`` (also SHA-256).
+        handle_signals: install SIGTERM/SIGINT (and, under ``spotcheck run``, SIGUSR1)
+            handlers that make :meth:`should_stop` true; needs the main thread.
+        synced: whether an uploader mirrors the folder to S3 and deletes there what retention
+            deletes here; ``None``: SageMaker's checkpoint sync of its LocalPath is detected.
+    """
+
+    def __init__(
+        self,
+        directory: Union[str, Path, None] = None,
+        keep: int = 3,
+        *,
+        namespace: Optional[str] = None,
+        interruptions_per_hour: float = 0.5,
+        every_steps: Optional[int] = None,
+        every_seconds: Optional[float] = None,
+        adaptive: bool = True,
+        verify: str = "crc",
+        handle_signals: bool = True,
+        synced: Optional[bool] = None,
+    ) -> None:
+        if verify not in ("crc", "full"):
+            raise ValueError(f'verify must be "crc" or "full", not {verify!r}')
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.directory = Path(directory) if directory is not None else _paths.checkpoint_root()
+        self.namespace = namespace or _paths.namespace()
+        self.keep = keep
+        self.verify = verify
+        self.synced = _paths.checkpoint_synced(self.directory) if synced is None else synced
+        #: Plain values restored by :meth:`restore`, by keyword.
+        self.values: Dict[str, Any] = {}
+        #: Checkpoints :meth:`restore` passed over, newest first: ``(name, reason)``.
+        self.skipped: List[Tuple[str, str]] = []
+        #: The outcome of the last finished save (a dict from the native persister).
+        self.last_saved: Optional[Dict[str, Any]] = None
+        #: Counters: saves, failures, seconds the loop was blocked, seconds to durable.
+        self.stats: Dict[str, float] = {
+            "saves": 0,
+            "failures": 0,
+            "blocked_seconds": 0.0,
+            "max_blocked_seconds": 0.0,
+            "durable_seconds": 0.0,
+            "bytes": 0,
+        }
+        # Testing hooks (unset in production): pause, or wait for a file, before the manifest.
+        pause = os.environ.get("SPOTCHECK_FAULT_PERSIST_PAUSE_MS")
+        self._pause_ms = int(pause) if pause else None
+        self._gate = os.environ.get("SPOTCHECK_FAULT_PERSIST_GATE") or None
+        self._persister = _native.Persister()
+        self._buffers: Dict[str, _Buffer] = {}
+        self._stop = StopWatch(handle_signals=handle_signals)
+        self._schedule = _interval.Schedule(interruptions_per_hour, every_steps, every_seconds, adaptive)
+        self._durable_step: Optional[int] = None
+        self._in_flight_step: Optional[int] = None
+        self._restarts = 0
+        self._train_seconds_base = 0.0
+        self._started = time.monotonic()
+
+    # -- stop and schedule -------------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        """True after SIGTERM/SIGINT or a spot interruption notice: save, wait, exit 143."""
+        return self._stop.should_stop()
+
+    @property
+    def stop_reason(self) -> Optional[str]:
+        """``"signal"`` or ``"spot-notice"`` once a stop was requested."""
+        return self._stop.reason
+
+    def due(self, step: Optional[int] = None) -> bool:
+        """Whether a periodic save is due after ``step``: the first call, the fixed triggers,
+        the adaptive interval, or a rebalance recommendation; never while a save is in flight."""
+        self._collect()
+        busy = self._persister.busy()
+        if self._stop.rebalance_pending() and not busy:
+            return True
+        return self._schedule.due(time.monotonic(), step, busy)
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def save(self, step: int, **state: Any) -> bool:
+        """Checkpoints ``state`` as step ``step``; returns once tensors are copied to host memory.
+
+        Waits first for a save still in flight. Returns False (and does nothing) when ``step``
+        is already this process's newest durable checkpoint.
+        """
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"step must be a non-negative int, not {step!r}")
+        if not state:
+            raise ValueError("nothing to save: pass the state as keyword arguments")
+        t0 = time.monotonic()
+        self.wait()
+        if step == self._durable_step:
+            return False
+        t1 = time.monotonic()
+        files, document = self._snapshot(step, state)
+        meta = {"framework": "pytorch", "writer": "spotcheck.torch"}
+        files.append((STATE_FILE, json.dumps(document, allow_nan=False).encode()))
+        submitted = self._persister.submit(
+            str(self.directory),
+            self.namespace,
+            step,
+            files,
+            int(time.time() * 1000),
+            json.dumps(meta),
+            self.keep,
+            self.synced,
+            self._pause_ms,
+            self._gate,
+        )
+        if not submitted:  # cannot happen after wait(); kept as a guard
+            raise CheckpointError("a save is still in flight")
+        t2 = time.monotonic()
+        self._in_flight_step = step
+        blocked = t2 - t1
+        self.stats["blocked_seconds"] += t2 - t0
+        self.stats["max_blocked_seconds"] = max(self.stats["max_blocked_seconds"], t2 - t0)
+        self._schedule.saved(t2, blocked)
+        self._stop.rebalance_done()
+        return True
+
+    def _snapshot(self, step: int, state: Dict[str, Any]) -> Tuple[List[Tuple[str, Any]], Dict[str, Any]]:
+        objects: Dict[str, Any] = {}
+        files: List[Tuple[str, Any]] = []
+        cuda_devices = set()
+        for name, obj in state.items():
+            if name.startswith("_"):
+                raise ValueError(f"{name}: names starting with '_' are reserved")
+            stateful = callable(getattr(obj, "state_dict", None)) and callable(
+                getattr(obj, "load_state_dict", None)
+            )
+            tree = obj.state_dict() if stateful else obj
+            try:
+                data, tensors = _tree.encode(tree, _is_tensor, _ndarray_to_tensor)
+            except _tree.Unsupported as e:
+                raise TypeError(f"cannot checkpoint {name}: {e}") from None
+            entry: Dict[str, Any] = {"kind": "stateful" if stateful else "value", "state": data}
+            if tensors:
+                file = f"{name}.safetensors"
+                entry["file"] = file
+                files.append((file, self._copy(file, tensors, cuda_devices)))
+            objects[name] = entry
+        rng_data, rng_tensors = _tree.encode(_rng_state(), _is_tensor, _ndarray_to_tensor)
+        files.append((RNG_FILE, self._copy(RNG_FILE, rng_tensors, cuda_devices)))
+        for device in cuda_devices:
+            torch.cuda.synchronize(device)
+        document = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "step": step,
+            "objects": objects,
+            "rng": {"file": RNG_FILE, "state": rng_data},
+            "run": {"restarts": self._restarts, "train_seconds": self._train_seconds()},
+        }
+        return files, document
+
+    def _copy(self, file: str, tensors: Dict[str, torch.Tensor], cuda_devices: set) -> Tuple[Any, int, Any]:
+        """Copies ``tensors`` into ``file``'s reused host buffer; returns what the persister needs."""
+        specs = []
+        for name, t in tensors.items():
+            if t.layout != torch.strided:
+                raise TypeError(f"cannot checkpoint {file}:{name}: {t.layout} tensors are not supported")
+            if t.dtype not in _DTYPES:
+                raise TypeError(f"cannot checkpoint {file}:{name}: dtype {t.dtype} has no safetensors name")
+            if t.device.type not in ("cpu", "cuda"):
+                raise TypeError(f"cannot checkpoint {file}:{name}: tensors on {t.device} are not supported")
+            specs.append((name, _DTYPES[t.dtype], list(t.shape)))
+        pinned = torch.cuda.is_available() and any(t.is_cuda for t in tensors.values())
+        key = (tuple((n, d, tuple(s)) for n, d, s in specs), pinned)
+        buffer = self._buffers.get(file)
+        if buffer is None or buffer.key != key:
+            layout = _native.plan_tensor_file(specs, {"format": "pt"})
+            buffer = _Buffer(key, layout, pinned)
+            self._buffers[file] = buffer
+        data = buffer.data
+        for (name, t), (start, end) in zip(tensors.items(), buffer.layout.offsets):
+            if end == start:
+                continue
+            dst = data[start:end].view(t.dtype).view(t.shape)
+            if t.is_cuda:
+                cuda_devices.add(t.device)
+                dst.copy_(t.detach(), non_blocking=True)
+            else:
+                dst.copy_(t.detach())
+        return (buffer.layout, data.data_ptr(), data)
+
+    def _collect(self) -> Optional[Dict[str, Any]]:
+        outcome = self._persister.poll()
+        if outcome is not None:
+            self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: Dict[str, Any]) -> None:
+        self.last_saved = outcome
+        self._in_flight_step = None
+        if outcome["ok"]:
+            self.stats["saves"] += 1
+            self.stats["durable_seconds"] += outcome["seconds"]
+            self.stats["bytes"] += outcome["bytes"]
+            self._durable_step = outcome["step"]
+            self._schedule.persisted(outcome["seconds"], self._restarts, self._train_seconds())
+            if outcome.get("retention_error"):
+                log.warning("retention after %s: %s", outcome["name"], outcome["retention_error"])
+            log.info(
+                "checkpoint %s durable in %.2f s (%d bytes)",
+                outcome["name"],
+                outcome["seconds"],
+                outcome["bytes"],
+            )
+        else:
+            self.stats["failures"] += 1
+            log.error(
+                "checkpoint of step %d failed: %s; the previous checkpoint stays the newest valid one",
+                outcome["step"],
+                outcome["error"],
+            )
+
+    def wait(self) -> Optional[Dict[str, Any]]:
+        """Waits for the save in flight to be durable; returns its outcome (None if none).
+
+        Raises :class:`CheckpointError` if that save failed.
+        """
+        outcome = self._persister.wait()
+        if outcome is None:
+            return None
+        self._record(outcome)
+        if not outcome["ok"]:
+            raise CheckpointError(f"checkpoint of step {outcome['step']} failed: {outcome['error']}")
+        return outcome
+
+    def _train_seconds(self) -> float:
+        return self._train_seconds_base + (time.monotonic() - self._started)
+
+    # -- restoring ---------------------------------------------------------------------------
+
+    def restore(self, **state: Any) -> Optional[int]:
+        """Loads the newest valid checkpoint into ``state``'s objects; returns its step.
+
+        Falls back past torn and corrupt checkpoints (logging why, and listing them in
+        :attr:`skipped`); returns None when there is none (a first start). Plain values come
+        back in :attr:`values`; random states are restored too.
+        """
+        self.skipped = []
+        for name, step, status, reason in _native.candidates(str(self.directory), self.namespace):
+            if status != "valid":
+                self._skip(name, f"{status}: {reason}")
+                continue
+            try:
+                document, tensors = self._read(step)
+            except CheckpointError as e:
+                self._skip(name, str(e))
+                continue
+            self._apply(name, document, tensors, state)
+            self._durable_step = step
+            run = document.get("run") or {}
+            self._restarts = int(run.get("restarts", 0)) + 1
+            self._train_seconds_base = float(run.get("train_seconds", 0.0))
+            self._started = time.monotonic()
+            log.info("restored %s", name)
+            return step
+        return None
+
+    def _skip(self, name: str, reason: str) -> None:
+        self.skipped.append((name, reason))
+        log.warning("skipping checkpoint %s: %s", name, reason)
+
+    def _read(self, step: int) -> Tuple[Dict[str, Any], Dict[str, Dict[str, torch.Tensor]]]:
+        """Reads and checks every file of one checkpoint before anything is loaded."""
+        ckpt = _native.Checkpoint.open(str(self.directory), self.namespace, step)
+        listed = dict(ckpt.files)
+        if STATE_FILE not in listed:
+            raise CheckpointError(f"{ckpt.name}: no {STATE_FILE}: not written by spotcheck.torch")
+        text = bytearray(listed[STATE_FILE])
+        if text:
+            view = torch.frombuffer(text, dtype=torch.uint8)
+            ckpt.read_into(STATE_FILE, view.data_ptr(), len(text), self.verify)
+        try:
+            document = json.loads(bytes(text))
+        except ValueError as e:
+            raise CheckpointError(f"{ckpt.name}: {STATE_FILE} is not JSON: {e}") from None
+        if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{ckpt.name}: {STATE_FILE} is not a spotcheck.torch state")
+        if document.get("version") != STATE_VERSION:
+            raise CheckpointError(f"{ckpt.name}: unsupported state version {document.get('version')!r}")
+        tensors: Dict[str, Dict[str, torch.Tensor]] = {}
+        wanted = [e["file"] for e in document.get("objects", {}).values() if e.get("file")]
+        wanted.append(document.get("rng", {}).get("file") or RNG_FILE)
+        for file in wanted:
+            if file not in listed:
+                raise CheckpointError(f"{ckpt.name}: {file} is not listed in its manifest")
+            buffer = torch.empty(listed[file], dtype=torch.uint8)
+            entries = ckpt.read_into(file, buffer.data_ptr(), buffer.numel(), self.verify, True)
+            loaded = {}
+            for tname, dtype, shape, start, end in entries:
+                if dtype not in _TORCH_DTYPES:
+                    raise CheckpointError(f"{ckpt.name}: {file}: dtype {dtype} is not supported by this torch")
+                loaded[tname] = _view(buffer, start, end, _TORCH_DTYPES[dtype], shape)
+            tensors[file] = loaded
+        return document, tensors
+
+    def _apply(
+        self,
+        name: str,
+        document: Dict[str, Any],
+        tensors: Dict[str, Dict[str, torch.Tensor]],
+        state: Dict[str, Any],
+    ) -> None:
+        objects = document.get("objects", {})
+        self.values = {}
+        for key, obj in state.items():
+            entry = objects.get(key)
+            if entry is None:
+                log.warning("%s holds no %r: left as it is", name, key)
+                continue
+            value = _tree.decode(entry["state"], tensors.get(entry.get("file"), {}), _tensor_to_ndarray)
+            if entry["kind"] == "stateful":
+                load = getattr(obj, "load_state_dict", None)
+                if not callable(load):
+                    raise TypeError(f"{key}: the checkpoint holds a state_dict, but {type(obj).__name__} has no load_state_dict")
+                load(value)
+            else:
+                self.values[key] = _detached(value)
+        for key, entry in objects.items():
+            if key not in state and entry["kind"] == "value":
+                self.values[key] = _detached(
+                    _tree.decode(entry["state"], tensors.get(entry.get("file"), {}), _tensor_to_ndarray)
+                )
+        rng = document.get("rng")
+        if rng:
+            _set_rng_state(_tree.decode(rng["state"], tensors.get(rng.get("file"), {}), _tensor_to_ndarray))
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Waits for the save in flight, stops notice polling, restores signal handlers."""
+        try:
+            self.wait()
+        finally:
+            self._stop.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _detached(value: Any) -> Any:
+    """Plain values own their tensors (not views into a whole checkpoint file's buffer)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_detached(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    return value

@@ -1,0 +1,105 @@
+"""The pure parts: state-tree encoding, the checkpoint interval, SageMaker paths."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spotcheck import _interval, _paths, _tree
+
+
+def enc(tree):
+    return _tree.encode(tree, torch.is_tensor, lambda a: torch.frombuffer(bytearray(a.tobytes()), dtype=torch.uint8))
+
+
+def dec(data, tensors):
+    return _tree.decode(
+        json.loads(json.dumps(data, allow_nan=False)),
+        tensors,
+        lambda t, dtype, shape: np.frombuffer(t.numpy().tobytes(), dtype=dtype).reshape(shape),
+    )
+
+
+def test_an_optimizer_like_tree_round_trips_with_tuples_int_keys_and_tensor_names():
+    tree = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}, 1: {"momentum_buffer": None}},
+        "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0, 1], "name": "x", "nan": math.nan}],
+        "__dunder": 1,
+    }
+    data, tensors = enc(tree)
+    assert sorted(tensors) == ["state.0.exp_avg", "state.0.step"]
+    back = dec(data, tensors)
+    assert back["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert isinstance(back["param_groups"][0]["betas"], tuple)
+    assert math.isnan(back["param_groups"][0]["nan"])
+    assert set(back["state"]) == {0, 1}
+    assert back["state"][0]["exp_avg"] is tensors["state.0.exp_avg"]
+    assert back["__dunder"] == 1
+
+
+def test_module_keys_are_the_tensor_names_as_they_are():
+    data, tensors = enc({"fc1.weight": torch.zeros(1), "fc1.bias": torch.zeros(1)})
+    assert sorted(tensors) == ["fc1.bias", "fc1.weight"]
+
+
+def test_numpy_arrays_and_scalars_survive():
+    arr = np.arange(6, dtype=np.uint32).reshape(2, 3)
+    data, tensors = enc({"key": arr, "pos": np.int64(7), "f": np.float32(0.5)})
+    back = dec(data, tensors)
+    assert back["key"].dtype == np.uint32 and (back["key"] == arr).all()
+    assert back["pos"] == 7 and back["f"] == 0.5
+
+
+def test_objects_that_would_need_pickle_are_refused_with_their_path():
+    with pytest.raises(_tree.Unsupported, match=r"a\.b: .*object"):
+        enc({"a": {"b": object()}})
+    with pytest.raises(_tree.Unsupported, match="share this name"):
+        enc({"a.b": torch.zeros(1), "a": {"b": torch.zeros(1)}})
+
+
+def test_daly_matches_the_trainers_numbers():
+    # Same cases as trainer/src/interval.rs.
+    assert abs(_interval.daly_interval(1.0, 3600.0) - 84.85) < 1.5
+    assert _interval.daly_interval(30.0, 10.0) == 10.0
+    assert _interval.mtbf(1.0, 0, 0.0) == 3600.0
+    assert _interval.mtbf(1.0, 1, 7200.0) == 3600.0
+    assert _interval.mtbf(1.0, 4, 3600.0) == 900.0
+    assert _interval.mtbf(0.0, 0, 0.0) is None
+
+
+def test_the_schedule_saves_first_then_by_interval_and_never_while_busy():
+    s = _interval.Schedule(interruptions_per_hour=1.0, every_steps=10)
+    assert s.due(0.0, 1, busy=False)
+    assert not s.due(0.0, 1, busy=True)
+    s.saved(0.0, stall=1.0)
+    s.persisted(2.0, restarts=0, run_seconds=10.0)
+    assert s.interval is not None and 80 < s.interval < 90
+    assert not s.due(5.0, 5, busy=False)
+    assert s.due(5.0, 10, busy=False)
+    assert not s.due(5.0, 10, busy=True)
+    assert s.due(90.0, 11, busy=False)
+    s.persisted(120.0, restarts=0, run_seconds=10.0)
+    assert s.interval == 120.0, "never shorter than a save takes to be durable"
+
+
+def test_sagemaker_paths_and_namespace(tmp_path: Path):
+    files = {
+        tmp_path / "input/config/checkpointconfig.json": b'{"LocalPath": "/ckpt", "S3Uri": "s3://b/p"}',
+        tmp_path / "input/config/resourceconfig.json": b'{"current_host": "algo-3"}',
+    }
+    env = {"SPOTCHECK_OPT_ML": str(tmp_path)}
+    assert _paths.checkpoint_root(env, files.get) == Path("/ckpt")
+    assert _paths.namespace(env, files.get) == "algo-3"
+    assert _paths.namespace({**env, "SM_CURRENT_HOST": "algo-2"}, files.get) == "algo-2"
+    assert _paths.checkpoint_synced(Path("/ckpt"), env, files.get)
+    assert not _paths.checkpoint_synced(Path("/elsewhere"), env, files.get)
+    assert not _paths.checkpoint_synced(Path("/opt/ml/checkpoints"), {}, lambda p: None), "no S3Uri: no sync"
+    default_local = {tmp_path / "input/config/checkpointconfig.json": b'{"S3Uri": "s3://b/p"}'}
+    assert _paths.checkpoint_synced(tmp_path / "checkpoints", env, default_local.get)
+    assert _paths.checkpoint_root({}, lambda p: None) == Path("/opt/ml/checkpoints")
+    assert _paths.namespace({}, lambda p: b"not json") == "algo-1"
