@@ -250,13 +250,12 @@ impl Drop for Persister {
     }
 }
 
-/// The checkpoints of `namespace` under `root`, newest first: `[(name, step, status, reason)]`.
+/// One checkpoint as Python sees it: `(name, step, status, reason)`.
+type Candidate = (String, u64, String, Option<String>);
+
+/// The checkpoints of `namespace` under `root`, newest first.
 #[pyfunction]
-fn candidates(
-    py: Python<'_>,
-    root: PathBuf,
-    namespace: String,
-) -> PyResult<Vec<(String, u64, String, Option<String>)>> {
+fn candidates(py: Python<'_>, root: PathBuf, namespace: String) -> PyResult<Vec<Candidate>> {
     let found = py
         .detach(|| spotcheck_tensors::candidates(&root, &namespace))
         .map_err(checkpoint_error)?;

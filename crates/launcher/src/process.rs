@@ -64,7 +64,7 @@ pub fn catches_signal(proc_status: &str, signal: i32) -> bool {
         .lines()
         .find_map(|line| line.strip_prefix("SigCgt:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| signal >= 1 && signal <= 64 && mask & (1 << (signal - 1)) != 0)
+        .is_some_and(|mask| (1..=64).contains(&signal) && mask & (1 << (signal - 1)) != 0)
 }
 
 /// What arrives on the launcher's channel.

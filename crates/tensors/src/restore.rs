@@ -120,7 +120,7 @@ pub fn candidates(root: &Path, namespace: &str) -> Result<Vec<Candidate>, Restor
             reason: c.reason.map(|r| r.to_string()),
         })
         .collect();
-    found.sort_by(|a, b| b.step.cmp(&a.step));
+    found.sort_by_key(|b| std::cmp::Reverse(b.step));
     Ok(found)
 }
 
