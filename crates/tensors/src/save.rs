@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use spotcheck_protocol::{
-    execute_retention, plan_retention, uploaded_checkpoints, validate_root_with,
-    CheckpointWriter, RetentionAction, Uploads, Verification, WriteError,
+    execute_retention, plan_retention, uploaded_checkpoints, validate_root_with, CheckpointWriter,
+    RetentionAction, Uploads, Verification, WriteError,
 };
 
 use crate::region::HostRegion;
