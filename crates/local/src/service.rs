@@ -1188,8 +1188,8 @@ fn run_sync(
     let (stop_tx, mut stop_rx) = oneshot::channel::<Option<Duration>>();
     let interval = inner.config.sync_interval;
     let done = tokio::spawn(async move {
-        let record = |records: Vec<SyncRecord>| {
-            for r in records {
+        let record = |sync: &mut CheckpointSync| {
+            for r in sync.take_records() {
                 if let SyncRecord::Uploaded { rel, .. } = r {
                     if let Some(step) = manifest_step(&rel) {
                         note(&inner, &name, Note::CheckpointUploaded { step });
@@ -1206,15 +1206,18 @@ fn run_sync(
                 result = async {
                     tokio::time::sleep(interval).await;
                     sync.pass().await
-                } => match result {
-                    Ok(records) => record(records),
-                    Err(e) => note(&inner, &name, Note::SyncFailed { error: e.to_string() }),
+                } => if let Err(e) = result {
+                    note(&inner, &name, Note::SyncFailed { error: e.to_string() });
                 },
             }
+            record(&mut sync);
         };
+        record(&mut sync);
         if let Some(limit) = flush {
-            match tokio::time::timeout(limit, sync.pass()).await {
-                Ok(Ok(records)) => record(records),
+            let result = tokio::time::timeout(limit, sync.pass()).await;
+            record(&mut sync);
+            match result {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => note(
                     &inner,
                     &name,

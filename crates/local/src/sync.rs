@@ -263,6 +263,10 @@ pub struct CheckpointSync {
     synced: BTreeMap<String, (u64, i128)>,
     rng: ChaCha8Rng,
     limits: UploadLimits,
+    /// What reached S3 (or left it) since [`CheckpointSync::take_records`] was last called:
+    /// kept here, not in a pass's return value, so a pass dropped mid-way (an instance that
+    /// goes) still reports the uploads it finished.
+    records: Vec<SyncRecord>,
 }
 
 fn stamp(meta: &std::fs::Metadata) -> (u64, i128) {
@@ -325,7 +329,13 @@ impl CheckpointSync {
             synced: BTreeMap::new(),
             rng,
             limits,
+            records: Vec::new(),
         })
+    }
+
+    /// The uploads and deletions done since the last call, in order.
+    pub fn take_records(&mut self) -> Vec<SyncRecord> {
+        std::mem::take(&mut self.records)
     }
 
     /// Copies the S3 prefix into the local directory (created if missing); returns the number
@@ -356,8 +366,9 @@ impl CheckpointSync {
     }
 
     /// One pass: upload what is new or changed, delete what is gone (see the module doc).
-    /// Cancel-safe between files: dropping it mid-way leaves what was uploaded recorded.
-    pub async fn pass(&mut self) -> Result<Vec<SyncRecord>, SyncError> {
+    /// Cancel-safe between files: dropping it mid-way leaves what was uploaded recorded, and
+    /// [`CheckpointSync::take_records`] reports it.
+    pub async fn pass(&mut self) -> Result<(), SyncError> {
         let local = scan(&self.local);
         let now_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -365,12 +376,11 @@ impl CheckpointSync {
         let ready_ns = now_ns - self.limits.lag.as_nanos() as i128;
         let mut actions = plan(&local, &self.synced, ready_ns);
         actions.shuffle(&mut self.rng);
-        let mut records = Vec::new();
         for action in actions {
             match action {
                 SyncAction::Upload(rel) => {
                     if let Some(r) = self.upload(&rel).await? {
-                        records.push(r);
+                        self.records.push(r);
                     }
                 }
                 SyncAction::Delete(rel) => {
@@ -391,11 +401,11 @@ impl CheckpointSync {
                     for suffix in [UPLOADING_SUFFIX, UPLOADED_SUFFIX] {
                         let _ = std::fs::remove_file(marker(&path, suffix));
                     }
-                    records.push(SyncRecord::Deleted { rel });
+                    self.records.push(SyncRecord::Deleted { rel });
                 }
             }
         }
-        Ok(records)
+        Ok(())
     }
 
     /// Uploads one file with its markers; `None` when it vanished meanwhile.
