@@ -17,8 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustix::process::{
-    getpid, kill_process, kill_process_group, set_child_subreaper, waitpid, Pid, Signal,
-    WaitOptions,
+    getpid, kill_process, kill_process_group, set_child_subreaper, wait, Pid, Signal, WaitOptions,
 };
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -254,7 +253,9 @@ pub fn run(config: Config) -> io::Result<u8> {
 fn reap(pid: Pid) -> Option<ChildExit> {
     let mut ours = None;
     loop {
-        match waitpid(None, WaitOptions::NOHANG) {
+        // `wait`, not `waitpid(None)`: the latter is wait4(0), this process group only, and
+        // the training command runs in a group of its own.
+        match wait(WaitOptions::NOHANG) {
             Ok(Some((reaped, status))) => {
                 if reaped == pid {
                     ours = status
