@@ -655,6 +655,11 @@ mod tests {
         }
     }
 
+    /// A reclaim of host `host`, warned or not.
+    fn reclaimed(warning: bool, host: u32) -> Input {
+        Reclaimed { warning, host }
+    }
+
     fn exited(code: i32) -> Input {
         Exited {
             code: Some(code),
@@ -721,13 +726,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    50,
-                    Reclaimed {
-                        warning: true,
-                        host: 0,
-                    },
-                ),
+                (50, reclaimed(true, 0)),
                 (52, exited(143)),
                 (60, Capacity),
                 (61, Downloaded(Ok(()))),
@@ -765,13 +764,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    10,
-                    Reclaimed {
-                        warning: true,
-                        host: 0,
-                    },
-                ),
+                (10, reclaimed(true, 0)),
                 (130, Tick),
             ],
         );
@@ -790,13 +783,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    100,
-                    Reclaimed {
-                        warning: true,
-                        host: 0,
-                    },
-                ),
+                (100, reclaimed(true, 0)),
                 (101, exited(143)),
                 (7200, Tick),
             ],
@@ -978,13 +965,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    20,
-                    Reclaimed {
-                        warning: true,
-                        host: 0,
-                    },
-                ),
+                (20, reclaimed(true, 0)),
             ],
         );
         assert!(fx[2].is_empty());
@@ -998,13 +979,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    50,
-                    Reclaimed {
-                        warning: false,
-                        host: 0,
-                    },
-                ),
+                (50, reclaimed(false, 0)),
             ],
         );
         assert_eq!(fx[2], vec![Kill, Release { flush: false }, Emit]);
@@ -1028,13 +1003,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    50,
-                    Reclaimed {
-                        warning: false,
-                        host: 1,
-                    },
-                ),
+                (50, reclaimed(false, 1)),
                 (52, exited(143)),
                 (60, Capacity),
             ],
@@ -1053,13 +1022,7 @@ mod tests {
             vec![
                 (0, Capacity),
                 (1, Downloaded(Ok(()))),
-                (
-                    50,
-                    Reclaimed {
-                        warning: false,
-                        host: 0,
-                    },
-                ),
+                (50, reclaimed(false, 0)),
             ],
         );
         let (s, fx) = step(&spec, &s, Tick, 170_000);
@@ -1069,19 +1032,7 @@ mod tests {
 
     #[test]
     fn reclaim_while_downloading_goes_back_to_waiting() {
-        let (s, fx, seq) = run(
-            &spot(),
-            vec![
-                (0, Capacity),
-                (
-                    1,
-                    Reclaimed {
-                        warning: true,
-                        host: 0,
-                    },
-                ),
-            ],
-        );
+        let (s, fx, seq) = run(&spot(), vec![(0, Capacity), (1, reclaimed(true, 0))]);
         assert_eq!(fx[1], vec![Release { flush: false }, Emit]);
         assert_eq!(seq, ["Starting", "Downloading", "Interrupted", "Starting"]);
         assert_eq!(s.phase, Phase::Waiting);
