@@ -103,7 +103,9 @@ fn finals(model: &Path) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Trains until step `at`, then SIGTERM: the trainer checkpoints (and uploads) and exits 143.
+/// Trains until step `at` or later, then SIGTERM: the trainer checkpoints (and uploads) and
+/// exits 143. The signal waits until a checkpoint older than the one the stop writes is in S3:
+/// the mirror lags the steps on a busy machine, and the stop abandons uploads in flight.
 fn stop_at(ckpt: &Path, model: &Path, uri: &str, at: u64) {
     stop_at_with(ckpt, model, uri, at, &[]);
 }
@@ -112,9 +114,14 @@ fn stop_at(ckpt: &Path, model: &Path, uri: &str, at: u64) {
 fn stop_at_with(ckpt: &Path, model: &Path, uri: &str, at: u64, extra: &[&str]) {
     let mut child = train(ckpt, model, Some(uri)).args(extra).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut mirrored: Option<u64> = None;
     for line in lines.by_ref() {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
-        if v["event"] == "step" && v["step"] == at {
+        if v["event"] == "s3_uploaded" {
+            mirrored = mirrored.max(v["step"].as_u64());
+        }
+        let step = v["step"].as_u64().unwrap_or(0);
+        if v["event"] == "step" && step >= at && mirrored.is_some_and(|m| step > m + 1) {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             break;
