@@ -144,6 +144,37 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
             )
 
 
+def _loader_generators(obj: Any) -> Dict[str, torch.Generator]:
+    """The generators a stateful DataLoader draws from when it starts an iterator, by path.
+
+    torchdata's ``StatefulDataLoader`` restores the position within an epoch, but not the
+    shuffle generator's state after it: a resumed loader starts its next epoch one draw (the
+    iterator's base seed) away from the uninterrupted run's order. The Checkpointer saves
+    these generators' states as they are at save time and puts them back after the resumed
+    iterator is built.
+    """
+    if not isinstance(obj, torch.utils.data.DataLoader) or not callable(getattr(obj, "load_state_dict", None)):
+        return {}
+    found: Dict[str, torch.Generator] = {}
+    holders = [
+        ("generator", obj),
+        ("sampler.generator", getattr(obj, "sampler", None)),
+        ("batch_sampler.sampler.generator", getattr(getattr(obj, "batch_sampler", None), "sampler", None)),
+    ]
+    for path, holder in holders:
+        generator = getattr(holder, "generator", None)
+        if isinstance(generator, torch.Generator) and all(g is not generator for g in found.values()):
+            found[path] = generator
+    return found
+
+
+def _start_restored_iterator(loader: Any) -> None:
+    """Builds a just-restored StatefulDataLoader's iterator now, so that the random draws of
+    building it happen before the random states are restored (``state_dict()`` on a loader
+    without an iterator builds one from the loaded state, which the next ``iter()`` returns)."""
+    loader.state_dict()
+
+
 class _Buffer:
     """One file's reused host buffer and the layout it was planned for."""
 
@@ -330,7 +361,14 @@ class Checkpointer:
                 entry["file"] = file
                 files.append((file, self._copy(file, tensors, cuda_devices)))
             objects[name] = entry
-        rng_data, rng_tensors = _tree.encode(_rng_state(), _is_tensor, _ndarray_to_tensor)
+        rng = _rng_state()
+        loaders = {
+            name: {path: g.get_state() for path, g in _loader_generators(obj).items()} for name, obj in state.items()
+        }
+        loaders = {name: states for name, states in loaders.items() if states}
+        if loaders:
+            rng["loaders"] = loaders
+        rng_data, rng_tensors = _tree.encode(rng, _is_tensor, _ndarray_to_tensor)
         files.append((RNG_FILE, self._copy(RNG_FILE, rng_tensors, cuda_devices)))
         for device in cuda_devices:
             torch.cuda.synchronize(device)
@@ -508,6 +546,8 @@ class Checkpointer:
                 if not callable(load):
                     raise TypeError(f"{key}: the checkpoint holds a state_dict, but {type(obj).__name__} has no load_state_dict")
                 load(value)
+                if _loader_generators(obj):
+                    _start_restored_iterator(obj)
             else:
                 self.values[key] = _detached(value)
         for key, entry in objects.items():
@@ -517,7 +557,13 @@ class Checkpointer:
                 )
         rng = document.get("rng")
         if rng:
-            _set_rng_state(_tree.decode(rng["state"], tensors.get(rng.get("file"), {}), _tensor_to_ndarray))
+            rng_state = _tree.decode(rng["state"], tensors.get(rng.get("file"), {}), _tensor_to_ndarray)
+            _set_rng_state(rng_state)
+            for key, states in (rng_state.get("loaders") or {}).items():
+                generators = _loader_generators(state.get(key))
+                for path, saved in states.items():
+                    if path in generators:
+                        generators[path].set_state(saved.clone())
 
     # -- lifetime ----------------------------------------------------------------------------
 
