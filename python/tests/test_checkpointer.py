@@ -63,6 +63,15 @@ def assert_same_tree(a, b, path="") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def by_name(tensors):
+    return dict(sorted(tensors.items()))
+
+
+def as_bytes(tensor):
+    """A tensor's bytes in row-major order (0-dim tensors too, which ``view`` refuses)."""
+    return tensor.reshape(-1).contiguous().view(torch.uint8).tolist()
+
+
 def checkpoint_dirs(root: Path):
     return sorted(p.name for p in (root / NS).iterdir() if p.name.startswith("step-"))
 
@@ -155,7 +164,6 @@ def test_the_files_are_format_v1_read_by_safetensors_and_spotcheck_validate(clea
     ]
     # model.safetensors is exactly the state_dict, as safetensors itself would write it.
     # (safetensors lists a file's tensors by name, not in the state_dict's order)
-    by_name = lambda tensors: dict(sorted(tensors.items()))  # noqa: E731
     assert_same_tree(by_name(model.state_dict()), by_name(load_file(step_dir / "model.safetensors")), "model")
     save_file(dict(model.state_dict()), tmp_path / "ref.safetensors", metadata={"format": "pt"})
     assert (step_dir / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
@@ -189,7 +197,6 @@ def test_dtypes_shapes_and_views_round_trip_bit_for_bit(clean_env, tmp_path):
         back = ckpt.values["values"]
         for name, t in values.items():
             assert back[name].dtype == t.dtype and back[name].shape == t.shape, name
-            as_bytes = lambda x: x.reshape(-1).contiguous().view(torch.uint8).tolist()  # noqa: E731
             assert as_bytes(back[name]) == as_bytes(t), name
         assert ckpt.values["plain"]["k"] == {1: "one"}
         assert ckpt.values["plain"]["x"] != ckpt.values["plain"]["x"]
