@@ -132,6 +132,16 @@ pub struct Demo {
     /// Fashion-MNIST IDX directory.
     #[arg(long, default_value = demo::FASHION_MNIST)]
     pub data: PathBuf,
+    /// What the job trains: the Rust trainer, or the PyTorch example under `spotcheck run`.
+    #[arg(long, value_enum, default_value_t = FrameworkFlag::Rust)]
+    pub framework: FrameworkFlag,
+    /// With --framework pytorch: a Python with torch, torchdata, safetensors and the spotcheck
+    /// package (`bash scripts/python-tests.sh install` makes .venv-torch).
+    #[arg(long, default_value = ".venv-torch/bin/python")]
+    pub python: PathBuf,
+    /// With --framework pytorch: the training script.
+    #[arg(long, default_value = "examples/pytorch/train.py")]
+    pub script: PathBuf,
     /// Optimizer steps (the run's length; ~0.05 s each on 2 cores).
     #[arg(long, default_value_t = 600)]
     pub steps: u64,
@@ -155,6 +165,15 @@ pub struct Demo {
     pub timeout_seconds: u64,
     #[command(flatten)]
     pub market: MarketFlags,
+}
+
+/// `spotcheck demo --framework`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FrameworkFlag {
+    /// The Rust trainer.
+    Rust,
+    /// The PyTorch example, through the `spotcheck` package and `spotcheck run`.
+    Pytorch,
 }
 
 /// `train` beside the running `spotcheck` (both are built into the same target directory).
@@ -335,6 +354,13 @@ pub fn run_demo(args: Demo) -> Result<ExitCode> {
     };
     let mut config = DemoConfig::new(args.workdir, trainer);
     config.data = args.data;
+    if args.framework == FrameworkFlag::Pytorch {
+        config.framework = demo::Framework::PyTorch(demo::PyTorchJob {
+            python: args.python,
+            script: args.script,
+            launcher: std::env::current_exe().context("locating the spotcheck binary")?,
+        });
+    }
     if demo::check_data(&config.data).is_err()
         && !args.no_install
         && config.data == Path::new(demo::FASHION_MNIST)

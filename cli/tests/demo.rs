@@ -26,52 +26,66 @@ fn trainer() -> PathBuf {
     t
 }
 
-#[test]
-fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
+/// The trace that forces every recovery path (see the module doc).
+const TRACE: &str = r#"{"outages": [
+    {"at_seconds": 3600, "duration_seconds": 600, "instance_type": "ml.g4dn.xlarge"},
+    {"at_seconds": 7200, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}
+]}"#;
+
+/// Runs `spotcheck demo` with `trace`, `--seed 11` and `args`; returns the report, its text
+/// and the work directory (kept while `dir` lives).
+fn run_demo(dir: &Path, trace_json: &str, args: &[&std::ffi::OsStr]) -> (Value, String, PathBuf) {
     assert!(
         Path::new(FASHION_MNIST)
             .join("train-images-idx3-ubyte.gz")
             .is_file(),
         "Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (.ci/run installs it)"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("trace.json");
-    std::fs::write(
-        &trace,
-        r#"{"outages": [
-            {"at_seconds": 3600, "duration_seconds": 600, "instance_type": "ml.g4dn.xlarge"},
-            {"at_seconds": 7200, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}
-        ]}"#,
-    )
-    .unwrap();
-    let workdir = dir.path().join("demo");
+    let trace = dir.join("trace.json");
+    std::fs::write(&trace, trace_json).unwrap();
+    let workdir = dir.join("demo");
     let out = Command::new(env!("CARGO_BIN_EXE_spotcheck"))
         .arg("demo")
         .arg("--workdir")
         .arg(&workdir)
-        .arg("--trainer")
-        .arg(trainer())
         .arg("--trace")
         .arg(&trace)
-        .args(["--steps", "160", "--seed", "11", "--no-install"])
+        .args(["--seed", "11", "--no-install"])
         // This test scripts the recovery paths (a SageMaker-internal restart, then relaunches
         // after MaxWait), so checkpoints must reach S3 within the scripted windows: uploads are
         // unthrottled (still after the default lag). A 256 KiB/s uploader makes which
         // checkpoint survives a matter of wall-clock luck; the harsh service test and the
         // README's demo run with default settings cover it.
         .args(["--upload-bandwidth", "0"])
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "demo failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-
     let report: Value =
         serde_json::from_slice(&std::fs::read(workdir.join("report.json")).unwrap()).unwrap();
+    (report, stdout, workdir)
+}
+
+#[test]
+fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let trainer = trainer();
+    let (report, stdout, workdir) = run_demo(
+        dir.path(),
+        TRACE,
+        &[
+            "--trainer".as_ref(),
+            trainer.as_os_str(),
+            "--steps".as_ref(),
+            "160".as_ref(),
+        ],
+    );
     let context = format!("report:\n{stdout}");
     assert!(
         report["internal_restarts"].as_u64() >= Some(1),
@@ -150,4 +164,97 @@ fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
         !html.contains("src=\"http") && !html.contains("href=\"http"),
         "the HTML report must be self-contained"
     );
+}
+
+/// The recovery paths of [`TRACE`] later in the run, for the PyTorch job: a Python process
+/// spends a good part of the reference's wall time (which the time scale maps to four
+/// simulated hours) importing torch before its first step, so the short outage comes at 2 h and
+/// the long one at 4.4 h, while each instance is training.
+const PYTORCH_TRACE: &str = r#"{"outages": [
+    {"at_seconds": 7200, "duration_seconds": 600, "instance_type": "ml.g4dn.xlarge"},
+    {"at_seconds": 15840, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}
+]}"#;
+
+/// The same recovery paths for a PyTorch script: the job's container entrypoint is
+/// `spotcheck run --` and its arguments the example under the pinned PyTorch venv
+/// (`scripts/python-tests.sh install`, which scripts/test-all.sh runs first, makes it). Every
+/// restart and relaunch resumes from the checkpoint the `spotcheck` package wrote, and the final
+/// model and optimizer state equal the uninterrupted run's byte for byte. Checkpoints come every
+/// 20 steps (the adaptive interval, in wall seconds, would leave the short run with its first
+/// and last only).
+#[test]
+fn a_pytorch_demo_job_recovers_through_every_path_to_the_uninterrupted_weights() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = repo.join(".venv-torch/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run the suite with scripts/test-all.sh (scripts/python-tests.sh install makes it)",
+        python.display()
+    );
+    let script = repo.join("examples/pytorch/train.py");
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stdout, workdir) = run_demo(
+        dir.path(),
+        PYTORCH_TRACE,
+        &[
+            "--steps".as_ref(),
+            "800".as_ref(),
+            "--hp".as_ref(),
+            "checkpoint_every_steps=20".as_ref(),
+            "--framework".as_ref(),
+            "pytorch".as_ref(),
+            "--python".as_ref(),
+            python.as_os_str(),
+            "--script".as_ref(),
+            script.as_os_str(),
+        ],
+    );
+    let context = format!("report:\n{stdout}");
+    assert!(report["internal_restarts"].as_u64() >= Some(1), "{context}");
+    assert!(
+        report["relaunches_after_max_wait"].as_u64() >= Some(1),
+        "{context}"
+    );
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(
+        jobs.last().unwrap()["outcome"],
+        "Completed/Completed",
+        "{context}"
+    );
+    // Every process after the first resumed from a checkpoint the package wrote.
+    let processes = report["processes"].as_array().unwrap();
+    assert!(processes.len() >= 3, "{context}");
+    for p in &processes[1..] {
+        assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
+    }
+    assert_eq!(report["weights_match"], true, "{context}");
+    let files: Vec<&str> = report["weights_detail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f[1], true, "{f} differs; {context}");
+            f[0].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(files, ["model.safetensors", "optimizer.safetensors"]);
+    // Every process ran under the launcher (its container entrypoint), which hands spot
+    // notices on: the package says where it takes them from. (A job that never got capacity
+    // has no logs.)
+    let mut logs = 0;
+    for job in jobs {
+        let dir = workdir
+            .join("service/jobs")
+            .join(job["name"].as_str().unwrap())
+            .join("logs");
+        for log in std::fs::read_dir(&dir).into_iter().flatten() {
+            let text = std::fs::read_to_string(log.unwrap().path()).unwrap();
+            assert!(
+                text.contains("spot notices come from spotcheck run"),
+                "{text}"
+            );
+            logs += 1;
+        }
+    }
+    assert_eq!(logs, processes.len(), "{context}");
 }

@@ -81,7 +81,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-state", default=None,
                    help="write the final model and optimizer state here (safetensors + JSON), for comparisons")
     p.add_argument("--print-steps", action="store_true", help="print a line per step (tests)")
+    p.add_argument("--log-format", choices=["text", "json"], default=hp.get("log_format", "text"),
+                   help="json: one JSON event per line on stdout, as the Rust trainer logs "
+                        "(resumed, step, checkpoint_saved, stopped, completed)")
+    p.add_argument("--log-every-steps", type=int, default=int(hp.get("log_every_steps", 10)),
+                   help="a step event every N steps (json log format)")
     return p.parse_args(argv)
+
+
+class Events:
+    """The run's milestones as JSON lines (the names and fields the Rust trainer logs, which
+    the local service's demo report reads), or nothing in the text log format."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.saves = 0
+
+    def emit(self, event: str, **fields) -> None:
+        if self.enabled:
+            print(json.dumps({"event": event, **fields}), flush=True)
+
+    def durable(self, ckpt: Checkpointer, blocked: float) -> None:
+        """A checkpoint_saved event for each save that became durable since the last call."""
+        saves = int(ckpt.stats["saves"])
+        if saves > self.saves and ckpt.last_saved is not None:
+            self.saves = saves
+            self.emit("checkpoint_saved", step=ckpt.last_saved["step"], stall_seconds=blocked,
+                      seconds=ckpt.last_saved["seconds"])
 
 
 def read_idx(folder: Path, stem: str) -> bytes:
@@ -184,7 +210,12 @@ def main(argv=None) -> int:
     state = dict(model=model, optimizer=optimizer, scheduler=scheduler, loader=loader)
     step = ckpt.restore(**state) or 0
     epoch = ckpt.values.get("epoch", 0)
-    print(f"ready step={step} epoch={epoch} total={total}", flush=True)
+    events = Events(args.log_format == "json")
+    if step:
+        events.emit("resumed", step=step, epoch=epoch)
+    if not events.enabled:
+        print(f"ready step={step} epoch={epoch} total={total}", flush=True)
+    blocked = 0.0
     loss_fn = nn.CrossEntropyLoss()
     started = time.monotonic()
     stopped = False
@@ -202,37 +233,49 @@ def main(argv=None) -> int:
             last_loss = loss.item()
             if args.print_steps:
                 print(f"step {step}", flush=True)
+            if step % max(args.log_every_steps, 1) == 0:
+                events.emit("step", step=step, loss=last_loss)
             if ckpt.should_stop():
-                print(f"stopping at step {step} ({ckpt.stop_reason})", flush=True)
+                if not events.enabled:
+                    print(f"stopping at step {step} ({ckpt.stop_reason})", flush=True)
+                t = time.monotonic()
                 ckpt.save(step, **state, epoch=epoch)
                 ckpt.wait()
+                events.durable(ckpt, time.monotonic() - t)
+                events.emit("stopped", step=step, reason=ckpt.stop_reason)
                 stopped = True
                 break
             if step >= total:
                 break  # --max-steps ended it mid-epoch: the loader's position is saved below
-            if ckpt.due(step):
+            due = ckpt.due(step)
+            events.durable(ckpt, blocked)
+            if due:
                 if args.print_steps:
                     print(f"saving {step}", flush=True)
+                t = time.monotonic()
                 ckpt.save(step, **state, epoch=epoch)
+                blocked = time.monotonic() - t
         else:
             epoch += 1
     if stopped:
         ckpt.close()
         return EXIT_STOPPED
 
+    t = time.monotonic()
     ckpt.save(step, **state, epoch=epoch)
     ckpt.close()
+    events.durable(ckpt, time.monotonic() - t)
     seconds = time.monotonic() - started
     log.info("done: %d steps, last loss %.4f, %.1f s, checkpoints %s", step, last_loss, seconds,
              json.dumps(ckpt.stats))
-    from safetensors.torch import save_file
-
-    model_dir = Path(args.model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(model_dir / "model.safetensors"))
+    # The model directory (SageMaker's model.tar.gz) holds the final optimizer state too, so
+    # that training can be continued, and two runs compared, byte for byte.
+    write_final_state(Path(args.model_dir), model, optimizer, step)
     if args.final_state:
         write_final_state(Path(args.final_state), model, optimizer, step)
-    print(f"done step={step}", flush=True)
+    events.emit("completed", steps=step, loss=last_loss, seconds=seconds)
+    if not events.enabled:
+        print(f"done step={step}", flush=True)
     return 0
 
 

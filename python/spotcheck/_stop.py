@@ -62,7 +62,9 @@ class StopWatch:
             self._install(signal.SIGINT, stop=True)
             if self._notice_file:
                 self._install(signal.SIGUSR1, stop=False)
-        if self._notice_file is None:
+        if self._notice_file is not None:
+            log.info("spot notices come from spotcheck run (%s)", self._notice_file)
+        else:
             endpoint = _native.imds_endpoint(
                 env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT"),
                 read_text(DMI_VENDOR),

@@ -130,6 +130,11 @@ pub struct TrainingJobRequest {
     pub checkpoint_local_path: String,
     /// `OutputDataConfig.S3OutputPath`.
     pub output_path: String,
+    /// `AlgorithmSpecification.ContainerEntrypoint`: replaces the image's program (the
+    /// first item, then its arguments), as it replaces a container's ENTRYPOINT.
+    pub entrypoint: Option<Vec<String>>,
+    /// `AlgorithmSpecification.ContainerArguments`: the arguments after the entrypoint.
+    pub arguments: Vec<String>,
     /// `Environment`.
     pub environment: Map<String, Value>,
     /// `Tags`.
@@ -248,6 +253,35 @@ fn seconds(v: &Value, path: &[&str], field: &str) -> Result<Option<u64>, ApiErro
             ))),
         },
     }
+}
+
+/// A list of 1 to 100 strings of at most 256 characters (`ContainerEntrypoint`,
+/// `ContainerArguments`).
+fn string_list(v: &Value, path: &[&str], field: &str) -> Result<Option<Vec<String>>, ApiError> {
+    let items = match member(v, path) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ApiError::validation(format!(
+                "{field} must be a list of strings"
+            )))
+        }
+    };
+    if items.is_empty() || items.len() > 100 {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value at '{field}' failed to satisfy constraint: Member must have length between 1 and 100"
+        )));
+    }
+    items
+        .iter()
+        .map(|item| match item.as_str() {
+            Some(s) if s.chars().count() <= 256 => Ok(s.to_owned()),
+            _ => Err(ApiError::validation(format!(
+                "every item of {field} must be a string of at most 256 characters"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 fn string_map(v: &Value, key: &str) -> Result<Map<String, Value>, ApiError> {
@@ -422,6 +456,22 @@ impl TrainingJobRequest {
             ))),
             _ => {}
         }
+        let entrypoint = string_list(
+            body,
+            &["AlgorithmSpecification", "ContainerEntrypoint"],
+            "algorithmSpecification.containerEntrypoint",
+        )?;
+        if entrypoint.as_ref().is_some_and(|e| e[0].is_empty()) {
+            return Err(ApiError::validation(
+                "AlgorithmSpecification.ContainerEntrypoint must start with a program",
+            ));
+        }
+        let arguments = string_list(
+            body,
+            &["AlgorithmSpecification", "ContainerArguments"],
+            "algorithmSpecification.containerArguments",
+        )?
+        .unwrap_or_default();
         let hyperparameters = string_map(body, "HyperParameters")?;
         let environment = string_map(body, "Environment")?;
         if member(body, &["AlgorithmSpecification", "MetricDefinitions"])
@@ -495,6 +545,8 @@ impl TrainingJobRequest {
             checkpoint_s3_uri,
             checkpoint_local_path,
             output_path,
+            entrypoint,
+            arguments,
             environment,
             tags,
             body: kept,
@@ -773,6 +825,47 @@ mod tests {
             TrainingJobRequest::parse(&json!([1])).unwrap_err().code,
             "SerializationException"
         );
+    }
+
+    #[test]
+    fn container_entrypoint_and_arguments_are_lists_of_strings() {
+        let r = TrainingJobRequest::parse(&valid()).unwrap();
+        assert_eq!((r.entrypoint, r.arguments), (None, vec![]));
+        let mut body = valid();
+        body["AlgorithmSpecification"]["ContainerEntrypoint"] = json!(["spotcheck", "run", "--"]);
+        body["AlgorithmSpecification"]["ContainerArguments"] = json!(["python", "train.py"]);
+        let r = TrainingJobRequest::parse(&body).unwrap();
+        assert_eq!(
+            r.entrypoint,
+            Some(vec!["spotcheck".into(), "run".into(), "--".into()])
+        );
+        assert_eq!(
+            r.arguments,
+            vec!["python".to_owned(), "train.py".to_owned()]
+        );
+        let cases = [
+            ("ContainerEntrypoint", json!([]), "between 1 and 100"),
+            ("ContainerEntrypoint", json!("spotcheck"), "list of strings"),
+            ("ContainerEntrypoint", json!([""]), "start with a program"),
+            ("ContainerArguments", json!([1]), "at most 256"),
+            (
+                "ContainerArguments",
+                json!(["x".repeat(257)]),
+                "at most 256",
+            ),
+            (
+                "ContainerArguments",
+                json!(vec!["a"; 101]),
+                "between 1 and 100",
+            ),
+        ];
+        for (key, value, expected) in cases {
+            let mut body = valid();
+            body["AlgorithmSpecification"][key] = value;
+            let err = TrainingJobRequest::parse(&body).unwrap_err();
+            assert_eq!(err.code, "ValidationException", "{key}");
+            assert!(err.message.contains(expected), "{key}: {}", err.message);
+        }
     }
 
     /// Regression: DescribeTrainingJob echoed the Create body, so a relaunch copying

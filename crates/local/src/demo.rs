@@ -38,6 +38,29 @@ pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 /// The bucket the demo's job uses.
 pub const DEMO_BUCKET: &str = "spotcheck-demo";
 
+/// What the demo's job trains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Framework {
+    /// The Rust trainer ([`DemoConfig::trainer`]): the default image's program.
+    Rust,
+    /// A PyTorch script using the `spotcheck` package, started as the PyTorch image starts
+    /// it: the job's `ContainerEntrypoint` is `<launcher> run --` (the image's ENTRYPOINT)
+    /// and its `ContainerArguments` are `<python> <script>`.
+    PyTorch(PyTorchJob),
+}
+
+/// The programs a PyTorch demo job runs (absolute paths: the service starts them in the
+/// instance directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PyTorchJob {
+    /// A Python with torch, torchdata, safetensors and the `spotcheck` package.
+    pub python: PathBuf,
+    /// The training script (`examples/pytorch/train.py`).
+    pub script: PathBuf,
+    /// The `spotcheck` binary, whose `run` is the container's PID 1.
+    pub launcher: PathBuf,
+}
+
 /// How the demo runs.
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
@@ -45,6 +68,8 @@ pub struct DemoConfig {
     pub workdir: PathBuf,
     /// The `train` binary.
     pub trainer: PathBuf,
+    /// What the job trains.
+    pub framework: Framework,
     /// Fashion-MNIST (IDX files).
     pub data: PathBuf,
     /// Seed of the market and of training.
@@ -84,6 +109,7 @@ impl DemoConfig {
         DemoConfig {
             workdir,
             trainer,
+            framework: Framework::Rust,
             data: PathBuf::from(FASHION_MNIST),
             seed: 6,
             interruptions_per_hour: 1.5,
@@ -109,19 +135,27 @@ impl DemoConfig {
     }
 
     /// The hyperparameters both runs use. Checkpointing is left at the trainer's defaults
-    /// (the adaptive interval), as a user would leave it.
+    /// (the adaptive interval), as a user would leave it. The PyTorch script trains its small
+    /// dense network (the convnet is `--hp model=convnet`: several times slower on CPU) and logs
+    /// JSON events, which the report reads.
     pub fn effective_hyperparameters(&self) -> BTreeMap<String, String> {
+        let framework: &[(&str, &str)] = match self.framework {
+            Framework::Rust => &[
+                ("model_width", "8"),
+                ("model_hidden", "64"),
+                ("backend", "cpu"),
+            ],
+            Framework::PyTorch(_) => &[("model", "tiny"), ("log_format", "json")],
+        };
         let mut hp: BTreeMap<String, String> = [
             ("seed", self.seed.to_string()),
             ("epochs", "1".into()),
             ("max_steps", self.max_steps.to_string()),
             ("batch_size", "64".into()),
-            ("model_width", "8".into()),
-            ("model_hidden", "64".into()),
             ("log_every_steps", "10".into()),
-            ("backend", "cpu".into()),
         ]
         .into_iter()
+        .chain(framework.iter().map(|&(k, v)| (k, v.to_owned())))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         hp.extend(self.hyperparameters.clone());
@@ -193,6 +227,41 @@ pub fn check_data(data: &Path) -> Result<(), DemoError> {
     )))
 }
 
+/// The programs the demo starts exist, or exactly what to do.
+fn check_programs(config: &DemoConfig) -> Result<(), DemoError> {
+    let missing = |what: &str, path: &Path, how: &str| {
+        Err(DemoError::Missing(format!(
+            "{what} {} does not exist: {how}",
+            path.display()
+        )))
+    };
+    match &config.framework {
+        Framework::Rust if !config.trainer.is_file() => missing(
+            "the trainer",
+            &config.trainer,
+            "build it with `cargo build -p spotcheck-trainer --bin train` (or pass --trainer PATH)",
+        ),
+        Framework::Rust => Ok(()),
+        Framework::PyTorch(job) if !job.python.is_file() => missing(
+            "the Python",
+            &job.python,
+            "`bash scripts/python-tests.sh install` creates .venv-torch with PyTorch and the \
+             spotcheck package (or pass --python PATH)",
+        ),
+        Framework::PyTorch(job) if !job.script.is_file() => missing(
+            "the training script",
+            &job.script,
+            "pass --script PATH (examples/pytorch/train.py in this repository)",
+        ),
+        Framework::PyTorch(job) if !job.launcher.is_file() => missing(
+            "the launcher",
+            &job.launcher,
+            "build it with `cargo build --bin spotcheck`",
+        ),
+        Framework::PyTorch(_) => Ok(()),
+    }
+}
+
 fn last_step(log: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(log).ok()?;
     let p = parse_log("", 0, &text);
@@ -213,7 +282,24 @@ async fn reference_run(
     let log = dir.join("train.log");
     let out = std::fs::File::create(&log).map_err(io(&log))?;
     let err = out.try_clone().map_err(io(&log))?;
-    let mut cmd = tokio::process::Command::new(&config.trainer);
+    let (program, mut cmd) = match &config.framework {
+        Framework::Rust => {
+            let mut cmd = tokio::process::Command::new(&config.trainer);
+            for (k, v) in hp {
+                cmd.arg("--hp").arg(format!("{k}={v}"));
+            }
+            (&config.trainer, cmd)
+        }
+        Framework::PyTorch(job) => {
+            // The script reads its hyperparameters where SageMaker puts them.
+            let file = dir.join("opt/ml/input/config/hyperparameters.json");
+            std::fs::create_dir_all(dir.join("opt/ml/input/config")).map_err(io(dir))?;
+            std::fs::write(&file, serde_json::to_vec(hp).unwrap_or_default()).map_err(io(&file))?;
+            let mut cmd = tokio::process::Command::new(&job.python);
+            cmd.arg(&job.script);
+            (&job.python, cmd)
+        }
+    };
     cmd.arg("--data")
         .arg(&config.data)
         .arg("--checkpoint-dir")
@@ -226,13 +312,10 @@ async fn reference_run(
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true);
-    for (k, v) in hp {
-        cmd.arg("--hp").arg(format!("{k}={v}"));
-    }
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
-        DemoError::Reference(format!("cannot start {}: {e}", config.trainer.display()))
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| DemoError::Reference(format!("cannot start {}: {e}", program.display())))?;
     let status = loop {
         tokio::select! {
             s = child.wait() => break s,
@@ -301,13 +384,13 @@ pub async fn run(
     for path in [&mut config.workdir, &mut config.trainer, &mut config.data] {
         *path = crate::absolute(path);
     }
-    check_data(&config.data)?;
-    if !config.trainer.is_file() {
-        return Err(DemoError::Missing(format!(
-            "the trainer {} does not exist: build it with `cargo build -p spotcheck-trainer --bin train` (or pass --trainer PATH)",
-            config.trainer.display()
-        )));
+    if let Framework::PyTorch(job) = &mut config.framework {
+        for path in [&mut job.python, &mut job.script, &mut job.launcher] {
+            *path = crate::absolute(path);
+        }
     }
+    check_data(&config.data)?;
+    check_programs(&config)?;
     std::fs::create_dir_all(&config.workdir).map_err(io(&config.workdir))?;
     let hp = config.effective_hyperparameters();
 
@@ -371,9 +454,32 @@ pub async fn run(
         config.seed,
         config.policy.instance_ladder.join(" → ")
     ));
-    let name = format!("fmnist-demo-{}", config.seed);
     let sm = stack.sagemaker_client();
-    use aws_sdk_sagemaker::types::*;
+    use aws_sdk_sagemaker::types::{
+        AlgorithmSpecification, Channel, CheckpointConfig, DataSource, OutputDataConfig,
+        ResourceConfig, S3DataSource, S3DataType, StoppingCondition, Tag, TrainingInputMode,
+        TrainingInstanceType,
+    };
+    let (name, algorithm) = match &config.framework {
+        Framework::Rust => (
+            format!("fmnist-demo-{}", config.seed),
+            AlgorithmSpecification::builder().training_image("spotcheck-trainer:latest"),
+        ),
+        Framework::PyTorch(job) => {
+            let text = |p: &Path| p.to_string_lossy().into_owned();
+            (
+                format!("fmnist-pytorch-demo-{}", config.seed),
+                AlgorithmSpecification::builder()
+                    .training_image("spotcheck-pytorch:latest")
+                    .set_container_entrypoint(Some(vec![
+                        text(&job.launcher),
+                        "run".into(),
+                        "--".into(),
+                    ]))
+                    .set_container_arguments(Some(vec![text(&job.python), text(&job.script)])),
+            )
+        }
+    };
     let channel = Channel::builder()
         .channel_name("train")
         .data_source(
@@ -391,8 +497,7 @@ pub async fn run(
     sm.create_training_job()
         .training_job_name(&name)
         .algorithm_specification(
-            AlgorithmSpecification::builder()
-                .training_image("spotcheck-trainer:latest")
+            algorithm
                 .training_input_mode(TrainingInputMode::File)
                 .build(),
         )

@@ -37,6 +37,37 @@ impl Images {
     }
 }
 
+/// What one host runs: a program and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerCommand {
+    /// The program (a path, or a name looked up in `PATH`).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl Images {
+    /// What a job's hosts run, as a container runtime composes it: the job's
+    /// `ContainerEntrypoint` (its first item the program) in place of the image's program,
+    /// followed by `ContainerArguments`.
+    pub fn command(&self, req: &TrainingJobRequest) -> ContainerCommand {
+        match &req.entrypoint {
+            Some(entrypoint) => ContainerCommand {
+                program: PathBuf::from(&entrypoint[0]),
+                args: entrypoint[1..]
+                    .iter()
+                    .chain(&req.arguments)
+                    .cloned()
+                    .collect(),
+            },
+            None => ContainerCommand {
+                program: self.resolve(&req.image),
+                args: req.arguments.clone(),
+            },
+        }
+    }
+}
+
 /// SageMaker's host names for a job of `count` instances: `algo-1` … `algo-<count>`.
 pub fn host_names(count: u32) -> Vec<String> {
     (1..=count.max(1)).map(|i| format!("algo-{i}")).collect()
@@ -208,7 +239,7 @@ pub async fn prepare(
 /// `PET_MASTER_PORT` (torchrun's own), and `MASTER_ADDR`, `MASTER_PORT`, `RANK`, `WORLD_SIZE`
 /// (one process per host, `env://` initialisation).
 pub fn spawn(
-    program: &Path,
+    command: &ContainerCommand,
     layout: &Layout,
     req: &TrainingJobRequest,
     host: &HostEnv,
@@ -222,8 +253,9 @@ pub fn spawn(
         .append(true)
         .open(log)?;
     let err = out.try_clone()?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.current_dir(&layout.instance)
+    let mut cmd = tokio::process::Command::new(&command.program);
+    cmd.args(&command.args)
+        .current_dir(&layout.instance)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
@@ -310,5 +342,52 @@ mod tests {
         };
         assert_eq!(images.resolve("x:latest"), PathBuf::from("/bin/train"));
         assert_eq!(images.resolve("other"), PathBuf::from("/bin/other"));
+    }
+
+    #[test]
+    fn the_entrypoint_replaces_the_images_program_and_arguments_follow() {
+        let images = Images {
+            default: "/bin/train".into(),
+            mapped: BTreeMap::new(),
+        };
+        let request = |spec: Value| {
+            let mut algorithm = json!({"TrainingImage": "x:latest", "TrainingInputMode": "File"});
+            algorithm
+                .as_object_mut()
+                .unwrap()
+                .extend(spec.as_object().unwrap().clone());
+            TrainingJobRequest::parse(&json!({
+                "TrainingJobName": "j",
+                "AlgorithmSpecification": algorithm,
+                "RoleArn": "arn:aws:iam::000000000000:role/r",
+                "OutputDataConfig": {"S3OutputPath": "s3://out/m"},
+                "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1},
+            }))
+            .unwrap()
+        };
+        let command = |spec| images.command(&request(spec));
+        assert_eq!(
+            command(json!({})),
+            ContainerCommand {
+                program: "/bin/train".into(),
+                args: vec![]
+            }
+        );
+        assert_eq!(
+            command(json!({"ContainerArguments": ["--x", "1"]})).args,
+            ["--x", "1"]
+        );
+        assert_eq!(
+            command(json!({
+                "ContainerEntrypoint": ["/bin/spotcheck", "run", "--"],
+                "ContainerArguments": ["python", "train.py"],
+            })),
+            ContainerCommand {
+                program: "/bin/spotcheck".into(),
+                args: ["run", "--", "python", "train.py"]
+                    .map(String::from)
+                    .to_vec(),
+            }
+        );
     }
 }

@@ -1071,13 +1071,13 @@ async fn launch(
     instance: u32,
     syncs: Vec<Option<CheckpointSync>>,
 ) -> Running {
-    let program = inner.config.images.resolve(&req.image);
+    let command = inner.config.images.command(req);
     let envs = host_envs(req);
     let mut syncs = syncs.into_iter();
     let mut hosts = Vec::new();
     for (index, host) in envs.iter().enumerate() {
         let sync = syncs.next().flatten();
-        hosts.push(launch_host(inner, name, req, instance, index, host, &program, sync).await);
+        hosts.push(launch_host(inner, name, req, instance, index, host, &command, sync).await);
     }
     Running {
         exits: vec![None; hosts.len()],
@@ -1093,7 +1093,7 @@ async fn launch_host(
     instance: u32,
     index: usize,
     host: &runner::HostEnv,
-    program: &std::path::Path,
+    command: &runner::ContainerCommand,
     sync: Option<CheckpointSync>,
 ) -> Host {
     let layout = Layout::new(&inner.config.workdir, name, instance, host.name());
@@ -1106,7 +1106,7 @@ async fn launch_host(
         .join(format!("instance-{instance}-{}.log", host.name()));
     let (exited_tx, exited) = watch::channel(false);
     let tx = lock(&inner.jobs).get(name).map(|e| e.tx.clone());
-    let mut child = match runner::spawn(program, &layout, req, host, &log) {
+    let mut child = match runner::spawn(command, &layout, req, host, &log) {
         Ok(c) => c,
         Err(e) => {
             let _ = exited_tx.send(true);
@@ -1118,7 +1118,7 @@ async fn launch_host(
                     Some(format!(
                         "cannot start training image {} ({}): {e}",
                         req.image,
-                        program.display()
+                        command.program.display()
                     )),
                 ));
             }
