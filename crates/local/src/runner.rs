@@ -17,6 +17,15 @@ use serde_json::{json, Value};
 use crate::api::TrainingJobRequest;
 use crate::sync::{get_to_file, list_keys, split_s3_uri, SyncError};
 
+/// What one host runs: a program and its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerCommand {
+    /// The program (a path, or a name looked up in `PATH`).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
 /// The training images this service can run: image name → program; every other image runs
 /// [`Images::default`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,18 +44,7 @@ impl Images {
             .cloned()
             .unwrap_or_else(|| self.default.clone())
     }
-}
 
-/// What one host runs: a program and its arguments.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerCommand {
-    /// The program (a path, or a name looked up in `PATH`).
-    pub program: PathBuf,
-    /// Its arguments.
-    pub args: Vec<String>,
-}
-
-impl Images {
     /// What a job's hosts run, as a container runtime composes it: the job's
     /// `ContainerEntrypoint` (its first item the program) in place of the image's program,
     /// followed by `ContainerArguments`.
