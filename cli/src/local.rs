@@ -142,9 +142,11 @@ pub struct Demo {
     /// With --framework pytorch: the training script.
     #[arg(long, default_value = "examples/pytorch/train.py")]
     pub script: PathBuf,
-    /// Optimizer steps (the run's length; ~0.05 s each on 2 cores).
-    #[arg(long, default_value_t = 600)]
-    pub steps: u64,
+    /// Optimizer steps, the run's length [default: 600 for rust (~0.05 s each on 2 cores),
+    /// 6000 for pytorch (~0.006 s each: the script's ~15 s of start-up, importing torch, must
+    /// stay a small part of the run the simulated hours are calibrated on)].
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Simulated hours the uninterrupted run's wall time maps to.
     #[arg(long, default_value_t = 4.0)]
     pub simulated_hours: f64,
@@ -384,10 +386,14 @@ pub fn run_demo(args: Demo) -> Result<ExitCode> {
         .market
         .warning_probability(config.reclaim_warning_probability)?;
     config.upload = args.market.upload(config.upload)?;
-    if args.steps == 0 {
+    let steps = args.steps.unwrap_or(match args.framework {
+        FrameworkFlag::Rust => 600,
+        FrameworkFlag::Pytorch => 6000,
+    });
+    if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    config.max_steps = args.steps;
+    config.max_steps = steps;
     if !(args.simulated_hours.is_finite() && args.simulated_hours > 0.0) {
         bail!("--simulated-hours must be positive");
     }

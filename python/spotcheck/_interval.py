@@ -3,14 +3,16 @@
 With checkpoint cost C (seconds the training loop is blocked per save) and mean time between
 interruptions M, Young's interval sqrt(2CM) minimises expected lost plus spent time; Daly's
 correction is ``sqrt(2CM)·(1 + sqrt(C/2M)/3 + C/18M) − C`` for C < 2M, and M otherwise. The
-interval is never shorter than the last save took to become durable (one save in flight).
-Observed restarts only ever shorten M. Pure: times are passed in.
+interval is never shorter than the last save took to become durable (one save in flight), nor
+than the uploader takes to ship one to S3 (checkpointing faster only grows its backlog, so the
+newest checkpoint in S3 falls ever further behind). Observed restarts only ever shorten M.
+Pure: times and the filesystem's answers are passed in.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, List, Optional, Tuple
 
 
 def daly_interval(cost: float, mtbf: float) -> float:
@@ -50,6 +52,7 @@ class Schedule:
         self.every_seconds = every_seconds
         self.adaptive = adaptive
         self.interval: Optional[float] = None
+        self.upload_floor = 0.0
         self.last_save_at: Optional[float] = None
         self.last_stall = 0.0
 
@@ -64,7 +67,7 @@ class Schedule:
             return True
         if self.every_seconds is not None and since >= self.every_seconds:
             return True
-        return self.interval is not None and since >= self.interval
+        return self.interval is not None and since >= max(self.interval, self.upload_floor)
 
     def saved(self, now: float, stall: float) -> None:
         """A save was handed over at ``now`` after blocking the loop for ``stall`` seconds."""
@@ -78,3 +81,46 @@ class Schedule:
         m = mtbf(self.interruptions_per_hour, restarts, run_seconds)
         if m is not None:
             self.interval = max(daly_interval(self.last_stall, m), persist_seconds)
+
+    def upload_pace(self, seconds: float) -> None:
+        """The uploader needs ``seconds`` per checkpoint: the adaptive interval's floor."""
+        self.upload_floor = max(seconds, 0.0)
+
+
+class UploadWatch:
+    """How fast the uploader ships checkpoints, from SageMaker's upload markers.
+
+    The pace is how long the checkpoint just seen fully uploaded took since it became durable,
+    or how long the oldest one still on its way has waited, whichever is longer. That wait
+    counts only once some upload has been seen: an uploader that writes no markers must not
+    slow checkpointing down for ever. The same rule as the Rust trainer's.
+    """
+
+    def __init__(self) -> None:
+        self.pending: List[Tuple[str, float]] = []
+        self.seen_any = False
+
+    def written(self, directory: str, now: float) -> None:
+        """The checkpoint in ``directory`` became durable at ``now``."""
+        self.pending.append((directory, now))
+
+    def check(self, now: float, uploaded: Callable[[str], Optional[bool]]) -> Optional[float]:
+        """Drops the checkpoints now uploaded (``uploaded(dir)`` is True) or gone (None);
+        returns the pace in seconds, or None when there is nothing to say yet."""
+        pace: Optional[float] = None
+        still: List[Tuple[str, float]] = []
+        for directory, written in self.pending:
+            state = uploaded(directory)
+            if state is None:
+                continue
+            if state:
+                pace = now - written
+                self.seen_any = True
+                continue
+            still.append((directory, written))
+        self.pending = still
+        if still and self.seen_any:
+            oldest_wait = max(now - written for _, written in still)
+            if pace is None or oldest_wait > pace:
+                pace = oldest_wait
+        return pace

@@ -60,6 +60,8 @@ log = logging.getLogger("spotcheck")
 EXIT_STOPPED = 143
 
 STATE_FILE = "state.json"
+#: How often (seconds) :meth:`Checkpointer.due` looks at upload markers to pace the interval.
+UPLOAD_CHECK_SECONDS = 0.2
 RNG_FILE = "rng-states.safetensors"
 STATE_FORMAT = "spotcheck.torch"
 STATE_VERSION = 1
@@ -90,6 +92,13 @@ for _name, _st in [
     if hasattr(torch, _name):
         _DTYPES[getattr(torch, _name)] = _st
 _TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
+
+
+def _fully_uploaded(directory: str) -> Optional[bool]:
+    """Whether a checkpoint is fully uploaded; None once it is gone (retention deleted it)."""
+    if not os.path.isdir(directory):
+        return None
+    return _native.fully_uploaded(directory)
 
 
 def _is_tensor(value: Any) -> bool:
@@ -271,6 +280,8 @@ class Checkpointer:
         self._buffers: Dict[str, _Buffer] = {}
         self._stop = StopWatch(handle_signals=handle_signals)
         self._schedule = _interval.Schedule(interruptions_per_hour, every_steps, every_seconds, adaptive)
+        self._uploads = _interval.UploadWatch()
+        self._uploads_checked = 0.0
         self._durable_step: Optional[int] = None
         self._in_flight_step: Optional[int] = None
         self._restarts = 0
@@ -292,10 +303,16 @@ class Checkpointer:
         """Whether a periodic save is due after ``step``: the first call, the fixed triggers,
         the adaptive interval, or a rebalance recommendation; never while a save is in flight."""
         self._collect()
+        now = time.monotonic()
+        if self._uploads.pending and now - self._uploads_checked >= UPLOAD_CHECK_SECONDS:
+            self._uploads_checked = now
+            pace = self._uploads.check(now, _fully_uploaded)
+            if pace is not None:
+                self._schedule.upload_pace(pace)
         busy = self._persister.busy()
         if self._stop.rebalance_pending() and not busy:
             return True
-        return self._schedule.due(time.monotonic(), step, busy)
+        return self._schedule.due(now, step, busy)
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -427,6 +444,8 @@ class Checkpointer:
             self.stats["bytes"] += outcome["bytes"]
             self._durable_step = outcome["step"]
             self._schedule.persisted(outcome["seconds"], self._restarts, self._train_seconds())
+            if self.synced:
+                self._uploads.written(outcome["dir"], time.monotonic())
             if outcome.get("retention_error"):
                 log.warning("retention after %s: %s", outcome["name"], outcome["retention_error"])
             log.info(

@@ -265,6 +265,13 @@ fn candidates(py: Python<'_>, root: PathBuf, namespace: String) -> PyResult<Vec<
         .collect())
 }
 
+/// Whether the checkpoint in `dir` is fully uploaded: every file its manifest lists, and the
+/// manifest, carry SageMaker's `.sagemaker-uploaded` marker.
+#[pyfunction]
+fn fully_uploaded(py: Python<'_>, dir: PathBuf) -> bool {
+    py.detach(|| spotcheck_protocol::dir_is_fully_uploaded(&dir))
+}
+
 /// An opened checkpoint: manifest read and checked against its location.
 #[pyclass(module = "spotcheck._native", frozen)]
 struct Checkpoint {
@@ -433,6 +440,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NoticeWatcher>()?;
     m.add_function(wrap_pyfunction!(plan_tensor_file, m)?)?;
     m.add_function(wrap_pyfunction!(candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(fully_uploaded, m)?)?;
     m.add_function(wrap_pyfunction!(imds_endpoint, m)?)?;
     Ok(())
 }

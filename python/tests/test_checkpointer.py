@@ -311,6 +311,30 @@ def test_save_returns_before_the_checkpoint_is_durable_and_due_waits_for_it(clea
     ckpt.close()
 
 
+def test_the_interval_is_paced_by_the_upload_markers_it_observes(clean_env, tmp_path, monkeypatch):
+    import spotcheck.torch
+
+    monkeypatch.setattr(spotcheck.torch, "UPLOAD_CHECK_SECONDS", 0.0)
+    root = tmp_path / "ckpt"
+    ckpt = Checkpointer(root, synced=True, handle_signals=False)
+    ckpt.save(1, x=torch.ones(3))
+    ckpt.wait()
+    step_dir = root / NS / "step-000000000001"
+    files = sorted(p for p in step_dir.rglob("*") if p.is_file())
+    ckpt.due(2)
+    assert ckpt._schedule.upload_floor == 0.0, "no marker seen: nothing to pace by"
+    for f in files:
+        if f.name != "manifest.json":
+            Path(f"{f}.sagemaker-uploaded").touch()
+    ckpt.due(2)
+    assert ckpt._uploads.pending, "a checkpoint is uploaded only once its manifest is"
+    Path(f"{step_dir / 'manifest.json'}.sagemaker-uploaded").touch()
+    ckpt.due(2)
+    assert not ckpt._uploads.pending
+    assert ckpt._schedule.upload_floor > 0.0
+    ckpt.close()
+
+
 def test_a_failed_save_is_raised_by_wait_and_keeps_the_previous_checkpoint(clean_env, tmp_path):
     root = tmp_path / "ckpt"
     with Checkpointer(root, handle_signals=False) as ckpt:

@@ -87,6 +87,34 @@ def test_the_schedule_saves_first_then_by_interval_and_never_while_busy():
     assert s.interval == 120.0, "never shorter than a save takes to be durable"
 
 
+def test_the_uploaders_pace_floors_the_adaptive_interval():
+    s = _interval.Schedule(interruptions_per_hour=1.0)
+    s.saved(0.0, stall=1.0)
+    s.persisted(2.0, restarts=0, run_seconds=10.0)
+    assert s.due(90.0, None, busy=False)
+    s.upload_pace(300.0)
+    assert not s.due(90.0, None, busy=False), "faster than the uploader ships only grows its backlog"
+    assert s.due(300.0, None, busy=False)
+    s.upload_pace(0.0)
+    assert s.due(90.0, None, busy=False)
+
+
+def test_the_upload_watch_measures_shipping_and_waits_only_once_markers_were_seen():
+    w = _interval.UploadWatch()
+    state = {"a": False, "b": False}
+    w.written("a", 0.0)
+    w.written("b", 10.0)
+    # No marker seen yet: an uploader without markers must not slow checkpointing for ever.
+    assert w.check(500.0, state.get) is None
+    state["a"] = True
+    assert w.check(600.0, state.get) == 600.0, "a waited longest and just landed"
+    assert w.pending == [("b", 10.0)]
+    # Once markers are known to come, the oldest wait counts.
+    assert w.check(700.0, state.get) == 690.0
+    state["b"] = None  # retention deleted it
+    assert w.check(800.0, state.get) is None and w.pending == []
+
+
 def test_sagemaker_paths_and_namespace(tmp_path: Path):
     files = {
         tmp_path / "input/config/checkpointconfig.json": b'{"LocalPath": "/ckpt", "S3Uri": "s3://b/p"}',

@@ -149,7 +149,9 @@ impl DemoConfig {
         };
         let mut hp: BTreeMap<String, String> = [
             ("seed", self.seed.to_string()),
-            ("epochs", "1".into()),
+            // Enough passes over Fashion-MNIST's 60,000 images (937 full batches of 64) for
+            // `max_steps`, which ends the run.
+            ("epochs", self.max_steps.div_ceil(937).to_string()),
             ("max_steps", self.max_steps.to_string()),
             ("batch_size", "64".into()),
             ("log_every_steps", "10".into()),
@@ -161,6 +163,22 @@ impl DemoConfig {
         hp.extend(self.hyperparameters.clone());
         hp
     }
+}
+
+/// The managed job's hyperparameters: the reference's, plus the interruption rate the
+/// process should plan its adaptive checkpoint interval for, in *its* time. The process
+/// measures wall seconds while the market runs `scale` times faster, so a rate per simulated
+/// hour is `scale` times that per wall hour; without this the process would checkpoint as if
+/// interruptions came `scale` times less often than they do. A rate the user set is kept.
+fn managed_hyperparameters(
+    hp: &BTreeMap<String, String>,
+    interruptions_per_simulated_hour: f64,
+    scale: f64,
+) -> BTreeMap<String, String> {
+    let mut hp = hp.clone();
+    hp.entry("interruptions_per_hour".into())
+        .or_insert_with(|| format!("{:.3}", interruptions_per_simulated_hour.max(0.0) * scale));
+    hp
 }
 
 /// Why the demo could not run.
@@ -502,7 +520,11 @@ pub async fn run(
                 .build(),
         )
         .role_arn("arn:aws:iam::000000000000:role/spotcheck-demo")
-        .set_hyper_parameters(Some(hp.clone().into_iter().collect()))
+        .set_hyper_parameters(Some(
+            managed_hyperparameters(&hp, config.interruptions_per_hour, scale)
+                .into_iter()
+                .collect(),
+        ))
         .input_data_config(channel)
         .output_data_config(
             OutputDataConfig::builder()
@@ -708,4 +730,23 @@ pub async fn run(
         html,
         json,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_managed_job_plans_for_the_interruption_rate_in_wall_time() {
+        let hp: BTreeMap<String, String> = [("seed".to_owned(), "6".to_owned())].into();
+        let managed = managed_hyperparameters(&hp, 1.5, 400.0);
+        assert_eq!(managed["interruptions_per_hour"], "600.000");
+        assert_eq!(managed["seed"], "6");
+        let mut own = hp.clone();
+        own.insert("interruptions_per_hour".into(), "2".into());
+        assert_eq!(
+            managed_hyperparameters(&own, 1.5, 400.0)["interruptions_per_hour"],
+            "2"
+        );
+    }
 }

@@ -53,6 +53,12 @@ pub fn mark_uploaded(dir: &Path, manifest: &Manifest) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the checkpoint in `dir` is fully uploaded, judged by its own manifest (false when
+/// the manifest cannot be read): for writers that watch their checkpoints reach S3.
+pub fn dir_is_fully_uploaded(dir: &Path) -> bool {
+    read_manifest(dir).is_some_and(|m| is_fully_uploaded(dir, &m))
+}
+
 /// The valid checkpoints among `checkpoints` (found under `root`) that are fully uploaded.
 /// A manifest that cannot be read counts as not uploaded.
 pub fn uploaded_checkpoints(root: &Path, checkpoints: &[CheckpointReport]) -> BTreeSet<String> {
@@ -64,8 +70,7 @@ pub fn uploaded_checkpoints(root: &Path, checkpoints: &[CheckpointReport]) -> BT
                 namespace: c.namespace.clone(),
                 step: c.step,
             };
-            let dir = dir_of(root, &location);
-            read_manifest(&dir).is_some_and(|m| is_fully_uploaded(&dir, &m))
+            dir_is_fully_uploaded(&dir_of(root, &location))
         })
         .map(|c| c.name.clone())
         .collect()
