@@ -87,13 +87,19 @@ class Schedule:
         self.upload_floor = max(seconds, 0.0)
 
 
+#: What :meth:`UploadWatch.check` learns of a checkpoint directory.
+GONE, UPLOADED, UPLOADING, WAITING = "gone", "uploaded", "uploading", "waiting"
+
+
 class UploadWatch:
     """How fast the uploader ships checkpoints, from SageMaker's upload markers.
 
     The pace is how long the checkpoint just seen fully uploaded took since it became durable,
     or how long the oldest one still on its way has waited, whichever is longer. That wait
-    counts only once some upload has been seen: an uploader that writes no markers must not
-    slow checkpointing down for ever. The same rule as the Rust trainer's.
+    counts only once the uploader has shown it writes markers (a checkpoint fully uploaded, or
+    any marker beside a pending one's files): an uploader that writes none must not slow
+    checkpointing down for ever, and one shipping a backlog in no particular order may take
+    long to complete any single checkpoint.
     """
 
     def __init__(self) -> None:
@@ -104,19 +110,22 @@ class UploadWatch:
         """The checkpoint in ``directory`` became durable at ``now``."""
         self.pending.append((directory, now))
 
-    def check(self, now: float, uploaded: Callable[[str], Optional[bool]]) -> Optional[float]:
-        """Drops the checkpoints now uploaded (``uploaded(dir)`` is True) or gone (None);
-        returns the pace in seconds, or None when there is nothing to say yet."""
+    def check(self, now: float, state: Callable[[str], str]) -> Optional[float]:
+        """Drops the checkpoints now uploaded or gone (``state(dir)`` is one of :data:`GONE`,
+        :data:`UPLOADED`, :data:`UPLOADING`, :data:`WAITING`); returns the pace in seconds, or
+        None when there is nothing to say yet."""
         pace: Optional[float] = None
         still: List[Tuple[str, float]] = []
         for directory, written in self.pending:
-            state = uploaded(directory)
-            if state is None:
+            seen = state(directory)
+            if seen == GONE:
                 continue
-            if state:
+            if seen == UPLOADED:
                 pace = now - written
                 self.seen_any = True
                 continue
+            if seen == UPLOADING:
+                self.seen_any = True
             still.append((directory, written))
         self.pending = still
         if still and self.seen_any:

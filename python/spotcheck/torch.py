@@ -94,11 +94,17 @@ for _name, _st in [
 _TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
 
 
-def _fully_uploaded(directory: str) -> Optional[bool]:
-    """Whether a checkpoint is fully uploaded; None once it is gone (retention deleted it)."""
-    if not os.path.isdir(directory):
-        return None
-    return _native.fully_uploaded(directory)
+def _upload_state(directory: str) -> str:
+    """How far SageMaker's checkpoint sync is with the checkpoint in ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return _interval.GONE
+    if _native.fully_uploaded(directory):
+        return _interval.UPLOADED
+    if any(n.endswith((".sagemaker-uploaded", ".sagemaker-uploading")) for n in names):
+        return _interval.UPLOADING
+    return _interval.WAITING
 
 
 def _is_tensor(value: Any) -> bool:
@@ -306,7 +312,7 @@ class Checkpointer:
         now = time.monotonic()
         if self._uploads.pending and now - self._uploads_checked >= UPLOAD_CHECK_SECONDS:
             self._uploads_checked = now
-            pace = self._uploads.check(now, _fully_uploaded)
+            pace = self._uploads.check(now, _upload_state)
             if pace is not None:
                 self._schedule.upload_pace(pace)
         busy = self._persister.busy()

@@ -101,18 +101,26 @@ def test_the_uploaders_pace_floors_the_adaptive_interval():
 
 def test_the_upload_watch_measures_shipping_and_waits_only_once_markers_were_seen():
     w = _interval.UploadWatch()
-    state = {"a": False, "b": False}
+    state = {"a": _interval.WAITING, "b": _interval.WAITING}
     w.written("a", 0.0)
     w.written("b", 10.0)
     # No marker seen yet: an uploader without markers must not slow checkpointing for ever.
     assert w.check(500.0, state.get) is None
-    state["a"] = True
+    state["a"] = _interval.UPLOADED
     assert w.check(600.0, state.get) == 600.0, "a waited longest and just landed"
     assert w.pending == [("b", 10.0)]
     # Once markers are known to come, the oldest wait counts.
     assert w.check(700.0, state.get) == 690.0
-    state["b"] = None  # retention deleted it
+    state["b"] = _interval.GONE  # retention deleted it
     assert w.check(800.0, state.get) is None and w.pending == []
+
+
+def test_a_marker_on_any_file_shows_the_uploader_is_there():
+    w = _interval.UploadWatch()
+    w.written("a", 0.0)
+    w.written("b", 5.0)
+    state = {"a": _interval.WAITING, "b": _interval.UPLOADING}
+    assert w.check(100.0, state.get) == 100.0, "a backlog shipped in any order still paces"
 
 
 def test_sagemaker_paths_and_namespace(tmp_path: Path):

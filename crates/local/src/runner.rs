@@ -291,7 +291,60 @@ pub fn spawn(
             cmd.env(k, v);
         }
     }
+    // The container's processes are its session: a reclaim or the end of its first process
+    // kills them all, as a container's end does (see `kill_container`).
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn()
+}
+
+/// The session id in a `/proc/<pid>/stat` line (fields after the command name, which may
+/// itself hold spaces and parentheses: state, ppid, pgrp, session).
+fn session_of(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// SIGKILLs every process of the container whose first process was `pid`: the session it
+/// leads, which holds the processes it started even when they made their own process group
+/// (`spotcheck run` does) or outlived it. A container's end kills everything in it; a SIGKILL
+/// to the first process alone would leave the training script running on as an orphan.
+pub fn kill_container(pid: Option<u32>) {
+    if let Some(leader) = pid {
+        signal(Some(leader), libc::SIGKILL);
+        kill_session(leader);
+    }
+}
+
+/// SIGKILLs every process whose session is `leader`'s (what is left of a container whose
+/// first process has exited).
+pub fn kill_session(leader: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let in_session = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| session_of(&s))
+            == Some(leader);
+        if in_session {
+            signal(Some(p), libc::SIGKILL);
+        }
+    }
 }
 
 /// Sends `signal` to a process (no-op when it is gone).
@@ -315,6 +368,16 @@ pub fn tar_gz(dir: &Path) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_is_read_past_a_command_name_with_parentheses() {
+        assert_eq!(
+            session_of("4242 (py (x) thon) S 1 4242 4200 0 -1 4194560"),
+            Some(4200)
+        );
+        assert_eq!(session_of("garbage"), None);
+        assert_eq!(session_of("1 (a) S 0"), None);
+    }
 
     #[test]
     fn container_paths_stay_inside() {

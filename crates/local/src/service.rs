@@ -703,10 +703,10 @@ impl Host {
         }
     }
 
-    /// SIGKILLs the process (if alive) and waits for it to be gone.
+    /// SIGKILLs the container's processes (if its first is alive) and waits for it to be gone.
     async fn kill(&mut self) {
         if !*self.exited.borrow() {
-            runner::signal(self.pid, libc::SIGKILL);
+            runner::kill_container(self.pid);
             let mut exited = self.exited.clone();
             let _ = tokio::time::timeout(Duration::from_secs(30), exited.wait_for(|e| *e)).await;
         }
@@ -717,7 +717,7 @@ impl Drop for Host {
     fn drop(&mut self) {
         // A service shut down mid-run must not leave trainers behind.
         if !*self.exited.borrow() {
-            runner::signal(self.pid, libc::SIGKILL);
+            runner::kill_container(self.pid);
         }
     }
 }
@@ -1146,6 +1146,10 @@ async fn launch_host(
     let host_name = host.name().to_owned();
     tokio::spawn(async move {
         let code = child.wait().await.ok().and_then(|s| s.code());
+        // The container ends with its first process, and everything left in it with it.
+        if let Some(pid) = pid {
+            runner::kill_session(pid);
+        }
         let _ = exited_tx.send(true);
         note(
             &inner2,

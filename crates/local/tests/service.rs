@@ -680,3 +680,60 @@ async fn a_host_that_fails_alone_fails_the_job() {
         .await;
     assert!(ok, "the other host was not stopped: {exited:?}");
 }
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_owned()))
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_ends_with_everything_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    // A training image like `spotcheck run`: the real work runs in a process group of its
+    // own, and here the first process ends without waiting for it.
+    let script = dir.path().join("leaves-a-child.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         set -m\n\
+         sleep 600 &\n\
+         echo $! > \"$SPOTCHECK_OPT_ML/output/child.pid\"\n\
+         exit 0\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut service = ServiceConfig::new(dir.path().join("service"), script);
+    service.fast_forward = true;
+    let mut config = StackConfig::new(service);
+    config.buckets = vec![BUCKET.into()];
+    let stack = Stack::start(config, |_| {}).await.unwrap();
+    create(&stack.sagemaker_client(), "svc-orphan", 10, false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_status(&stack, "svc-orphan", &["Completed", "Failed", "Stopped"]).await,
+        "Completed"
+    );
+    let pid_file = dir
+        .path()
+        .join("service/jobs/svc-orphan/instance-1/algo-1/opt/ml/output/child.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SIGKILL is delivered before the job is marked done; allow the kernel to finish it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running(pid) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !running(pid),
+        "the container's child {pid} outlived the container"
+    );
+}
