@@ -99,7 +99,10 @@ class Events:
 
     def emit(self, event: str, **fields) -> None:
         if self.enabled:
-            print(json.dumps({"event": event, **fields}), flush=True)
+            # One write per line: print() writes the text and its newline separately, and the
+            # log lines on stderr (the same file in a container's log) can land in between.
+            sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+            sys.stdout.flush()
 
     def durable(self, ckpt: Checkpointer, blocked: float) -> None:
         """A checkpoint_saved event for each save that became durable since the last call."""

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use spotcheck_control::PriceTable;
-use spotcheck_protocol::{parse_step_dir_name, MANIFEST_FILE};
+use spotcheck_protocol::parse_step_dir_name;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::{self, ApiError, TrainingJobRequest};
@@ -106,7 +106,7 @@ pub enum Note {
         /// The transition's message.
         message: String,
     },
-    /// A checkpoint's manifest reached S3 (the checkpoint is complete there).
+    /// Every file of a checkpoint, and its manifest, reached S3 (it is complete there).
     CheckpointUploaded {
         /// Training step.
         step: u64,
@@ -1053,13 +1053,14 @@ async fn download(
     Ok(syncs)
 }
 
-/// The step of a checkpoint manifest's relative path, if it is one.
-fn manifest_step(rel: &str) -> Option<u64> {
-    let mut parts = rel.rsplit('/');
-    if parts.next()? != MANIFEST_FILE {
-        return None;
-    }
-    parse_step_dir_name(parts.next()?)
+/// The checkpoint directory (relative to the synced root) and step that a synced file's
+/// relative path lies in, if any.
+fn checkpoint_of(rel: &str) -> Option<(String, u64)> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let (_, dirs) = parts.split_last()?;
+    dirs.iter()
+        .enumerate()
+        .find_map(|(i, d)| parse_step_dir_name(d).map(|step| (parts[..=i].join("/"), step)))
 }
 
 /// Starts every host's process and checkpoint sync. A host whose program cannot start exits
@@ -1192,12 +1193,22 @@ fn run_sync(
     let (stop_tx, mut stop_rx) = oneshot::channel::<Option<Duration>>();
     let interval = inner.config.sync_interval;
     let done = tokio::spawn(async move {
-        let record = |sync: &mut CheckpointSync| {
+        // A checkpoint is in S3 once every file its manifest lists, and the manifest, is: the
+        // markers rule (`dir_is_fully_uploaded`) that retention and the writers' pace use.
+        let mut noted = std::collections::BTreeSet::new();
+        let mut record = |sync: &mut CheckpointSync| {
             for r in sync.take_records() {
-                if let SyncRecord::Uploaded { rel, .. } = r {
-                    if let Some(step) = manifest_step(&rel) {
-                        note(&inner, &name, Note::CheckpointUploaded { step });
-                    }
+                let SyncRecord::Uploaded { rel, .. } = r else {
+                    continue;
+                };
+                let Some((dir, step)) = checkpoint_of(&rel) else {
+                    continue;
+                };
+                if !noted.contains(&dir)
+                    && spotcheck_protocol::dir_is_fully_uploaded(&sync.local().join(&dir))
+                {
+                    noted.insert(dir);
+                    note(&inner, &name, Note::CheckpointUploaded { step });
                 }
             }
         };
@@ -1283,17 +1294,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn manifests_name_their_step() {
+    fn synced_files_name_their_checkpoint() {
+        let at = |rel: &str| checkpoint_of(rel);
         assert_eq!(
-            manifest_step("algo-1/step-000000000120/manifest.json"),
-            Some(120)
+            at("algo-1/step-000000000120/manifest.json"),
+            Some(("algo-1/step-000000000120".into(), 120))
         );
-        assert_eq!(manifest_step("step-000000000120/manifest.json"), Some(120));
         assert_eq!(
-            manifest_step("algo-1/step-000000000120/model.safetensors"),
-            None
+            at("step-000000000120/sub/model.safetensors"),
+            Some(("step-000000000120".into(), 120))
         );
-        assert_eq!(manifest_step("manifest.json"), None);
+        assert_eq!(at("algo-1/step-000000000120"), None, "a file, not a dir");
+        assert_eq!(at("manifest.json"), None);
+        assert_eq!(at("algo-1/notes.txt"), None);
     }
 
     #[test]

@@ -333,6 +333,11 @@ impl CheckpointSync {
         })
     }
 
+    /// The local directory this sync mirrors.
+    pub fn local(&self) -> &Path {
+        &self.local
+    }
+
     /// The uploads and deletions done since the last call, in order.
     pub fn take_records(&mut self) -> Vec<SyncRecord> {
         std::mem::take(&mut self.records)
