@@ -19,7 +19,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use spotcheck_protocol::{is_fully_uploaded, CheckpointWriter, ValidCheckpoint};
+use spotcheck_protocol::{
+    dir_has_upload_markers, is_fully_uploaded, CheckpointWriter, ValidCheckpoint,
+};
 
 use crate::interval::Why;
 use crate::s3sync::Mirror;
@@ -148,16 +150,24 @@ pub struct Persister {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// Watches upload markers; returns the steps now fully uploaded and the pace to report, if
-/// any. The wait of the oldest checkpoint still on its way counts toward the pace only once
-/// some upload has been seen (`seen_any`): an uploader that writes no markers at all must not
-/// slow checkpointing down for ever. Pure over the filesystem's answers and the clock reading
-/// it is given.
-fn watch_uploads(
-    pending: &mut Vec<Pending>,
-    now: Instant,
-    seen_any: bool,
-) -> (Vec<u64>, Option<Duration>) {
+/// What [`watch_uploads`] saw.
+#[derive(Debug, Default, PartialEq)]
+struct Watched {
+    /// Steps now fully uploaded.
+    uploaded: Vec<u64>,
+    /// The uploader's pace to report, if any.
+    pace: Option<Duration>,
+    /// Whether the uploader has shown it writes markers (a complete upload, or any marker
+    /// beside a pending checkpoint's files).
+    markers: bool,
+}
+
+/// Watches upload markers. The wait of the oldest checkpoint still on its way counts toward
+/// the pace only once the uploader has shown it writes markers (`seen_any`, or now): an
+/// uploader that writes none must not slow checkpointing down for ever, and one shipping a
+/// backlog in no particular order may take long to complete any single checkpoint. Pure over
+/// the filesystem's answers and the clock reading it is given.
+fn watch_uploads(pending: &mut Vec<Pending>, now: Instant, seen_any: bool) -> Watched {
     let mut uploaded = Vec::new();
     let mut pace = None;
     pending.retain(|p| {
@@ -171,17 +181,23 @@ fn watch_uploads(
         }
         true
     });
+    let markers =
+        seen_any || !uploaded.is_empty() || pending.iter().any(|p| dir_has_upload_markers(&p.dir));
     let oldest_wait = pending
         .iter()
         .map(|p| now.saturating_duration_since(p.written))
         .max()
-        .filter(|_| seen_any || !uploaded.is_empty());
+        .filter(|_| markers);
     if let Some(wait) = oldest_wait {
         if pace.is_none_or(|p| wait > p) {
             pace = Some(wait);
         }
     }
-    (uploaded, pace)
+    Watched {
+        uploaded,
+        pace,
+        markers,
+    }
 }
 
 impl Persister {
@@ -229,10 +245,13 @@ impl Persister {
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                     if dest.synced && !pending.is_empty() {
-                        let (uploaded, pace) =
-                            watch_uploads(&mut pending, Instant::now(), seen_any);
+                        let Watched {
+                            uploaded,
+                            pace,
+                            markers,
+                        } = watch_uploads(&mut pending, Instant::now(), seen_any);
+                        seen_any |= markers;
                         if !uploaded.is_empty() {
-                            seen_any = true;
                             tracing::info!(event = "checkpoint_uploaded", steps = ?uploaded);
                             apply_retention(&dest);
                         } else if !seen_any
@@ -391,20 +410,35 @@ mod tests {
                 written: t0 + Duration::from_secs(i as u64 * 10),
             });
         }
+        let watch = |pending: &mut Vec<Pending>, at: u64, seen_any: bool| {
+            watch_uploads(pending, t0 + Duration::from_secs(at), seen_any)
+        };
         // No upload seen yet: markers may not exist at all, so waiting sets no pace.
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(15), false);
-        assert!(up.is_empty() && pace.is_none());
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(15), true);
-        assert!(up.is_empty());
-        assert_eq!(pace, Some(Duration::from_secs(15)), "the oldest waits 15 s");
+        assert_eq!(watch(&mut pending, 15, false), Watched::default());
+        let w = watch(&mut pending, 15, true);
+        assert!(w.uploaded.is_empty());
+        assert_eq!(
+            w.pace,
+            Some(Duration::from_secs(15)),
+            "the oldest waits 15 s"
+        );
+        // A marker beside any file shows the uploader at work, though nothing is complete.
+        let uploading = pending[1].dir.join("x.bin.sagemaker-uploading");
+        std::fs::write(&uploading, b"").unwrap();
+        let w = watch(&mut pending, 15, false);
+        assert!(w.markers && w.uploaded.is_empty());
+        assert_eq!(w.pace, Some(Duration::from_secs(15)));
+        std::fs::remove_file(&uploading).unwrap();
         mark_uploaded(&pending[0].dir, &pending[0].ckpt.manifest).unwrap();
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(16), false);
-        assert_eq!(up, [10]);
-        assert_eq!(pace, Some(Duration::from_secs(16)));
+        let w = watch(&mut pending, 16, false);
+        assert_eq!(w.uploaded, [10]);
+        assert_eq!(w.pace, Some(Duration::from_secs(16)));
         assert_eq!(pending.len(), 1);
         // A checkpoint retention removed is no longer watched.
         std::fs::remove_dir_all(&pending[0].dir).unwrap();
-        let (up, pace) = watch_uploads(&mut pending, t0 + Duration::from_secs(30), true);
+        let Watched {
+            uploaded: up, pace, ..
+        } = watch(&mut pending, 30, true);
         assert!(up.is_empty() && pace.is_none() && pending.is_empty());
     }
 }

@@ -76,6 +76,9 @@ pub use scan::{
     open_latest_complete, open_latest_valid, validate_root, validate_root_with, CheckpointReport,
     JobReport, JobStepReport, ReadError, Report, ValidCheckpoint, Verification,
 };
-pub use upload::{dir_is_fully_uploaded, is_fully_uploaded, mark_uploaded, uploaded_checkpoints};
+pub use upload::{
+    dir_has_upload_markers, dir_is_fully_uploaded, is_fully_uploaded, mark_uploaded,
+    uploaded_checkpoints,
+};
 pub use verify::{judge, judge_at, ChecksumKind, ObservedFile, Reason, Status, Verdict};
 pub use writer::{CheckpointWriter, CommittedCheckpoint, PendingCheckpoint, WriteError};

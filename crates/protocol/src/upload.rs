@@ -13,7 +13,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::layout::{Location, MANIFEST_FILE, UPLOADED_SUFFIX};
+use crate::layout::{Location, MANIFEST_FILE, UPLOADED_SUFFIX, UPLOADING_SUFFIX};
 use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use crate::scan::{dir_of, CheckpointReport};
 use crate::verify::Status;
@@ -57,6 +57,19 @@ pub fn mark_uploaded(dir: &Path, manifest: &Manifest) -> io::Result<()> {
 /// the manifest cannot be read): for writers that watch their checkpoints reach S3.
 pub fn dir_is_fully_uploaded(dir: &Path) -> bool {
     read_manifest(dir).is_some_and(|m| is_fully_uploaded(dir, &m))
+}
+
+/// Whether any file in `dir` carries an uploading or uploaded marker: the uploader has reached
+/// this checkpoint (SageMaker ships files in no documented order, so a backlog can show
+/// markers long before any one checkpoint is complete).
+pub fn dir_has_upload_markers(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(UPLOADED_SUFFIX) || name.ends_with(UPLOADING_SUFFIX)
+        })
+    })
 }
 
 /// The valid checkpoints among `checkpoints` (found under `root`) that are fully uploaded.
