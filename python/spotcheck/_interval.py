@@ -1,7 +1,8 @@
 """When to checkpoint: fixed triggers and the Young/Daly optimum, as the Rust trainer does.
 
-With checkpoint cost C (seconds the training loop is blocked per save) and mean time between
-interruptions M, Young's interval sqrt(2CM) minimises expected lost plus spent time; Daly's
+With checkpoint cost C (seconds the training loop is blocked per save, plus how much slower
+the steps ran while the save was written) and mean time between interruptions M, Young's
+interval sqrt(2CM) minimises expected lost plus spent time; Daly's
 correction is ``sqrt(2CM)·(1 + sqrt(C/2M)/3 + C/18M) − C`` for C < 2M, and M otherwise. The
 interval is never shorter than the last save took to become durable (one save in flight), nor
 than the uploader takes to ship one to S3 (checkpointing faster only grows its backlog, so the
@@ -55,6 +56,30 @@ class Schedule:
         self.upload_floor = 0.0
         self.last_save_at: Optional[float] = None
         self.last_stall = 0.0
+        #: The last save's full cost: the loop's blocked time plus the slowdown of the steps
+        #: that ran while it was written (see :meth:`tick`).
+        self.last_cost = 0.0
+        #: Typical seconds per step with no save in flight (a moving average).
+        self.idle_step: Optional[float] = None
+        self._last_tick: Optional[float] = None
+        self._slowdown = 0.0
+
+    def tick(self, now: float, busy: bool) -> None:
+        """One training step ended at ``now``; ``busy``: a save was in flight meanwhile.
+
+        A save's cost is not only the time it blocks the loop: where training and the
+        persister's hashing and writing share the CPUs, the steps during the save run slower.
+        Steps with no save in flight set the typical step time; whatever steps in flight take
+        beyond it adds to the save's cost.
+        """
+        if self._last_tick is not None:
+            dt = now - self._last_tick
+            if busy:
+                if self.idle_step is not None:
+                    self._slowdown += max(0.0, dt - self.idle_step)
+            else:
+                self.idle_step = dt if self.idle_step is None else 0.9 * self.idle_step + 0.1 * dt
+        self._last_tick = now
 
     def due(self, now: float, step: Optional[int], busy: bool) -> bool:
         """Whether to save now (``now`` in seconds of any monotonic clock)."""
@@ -73,14 +98,19 @@ class Schedule:
         """A save was handed over at ``now`` after blocking the loop for ``stall`` seconds."""
         self.last_save_at = now
         self.last_stall = stall
+        # The blocked time is the stall, not a slow step.
+        self._last_tick = now
+        self._slowdown = 0.0
 
     def persisted(self, persist_seconds: float, restarts: int, run_seconds: float) -> None:
         """A save became durable after ``persist_seconds``: recompute the adaptive interval."""
+        self.last_cost = self.last_stall + self._slowdown
+        self._slowdown = 0.0
         if not self.adaptive:
             return
         m = mtbf(self.interruptions_per_hour, restarts, run_seconds)
         if m is not None:
-            self.interval = max(daly_interval(self.last_stall, m), persist_seconds)
+            self.interval = max(daly_interval(self.last_cost, m), persist_seconds)
 
     def upload_pace(self, seconds: float) -> None:
         """The uploader needs ``seconds`` per checkpoint: the adaptive interval's floor."""

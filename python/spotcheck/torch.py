@@ -307,9 +307,12 @@ class Checkpointer:
 
     def due(self, step: Optional[int] = None) -> bool:
         """Whether a periodic save is due after ``step``: the first call, the fixed triggers,
-        the adaptive interval, or a rebalance recommendation; never while a save is in flight."""
-        self._collect()
+        the adaptive interval, or a rebalance recommendation; never while a save is in flight.
+        Called once per step, it also times the steps (a save's cost includes how much slower
+        they run while it is written)."""
         now = time.monotonic()
+        self._schedule.tick(now, self._in_flight_step is not None)
+        self._collect()
         if self._uploads.pending and now - self._uploads_checked >= UPLOAD_CHECK_SECONDS:
             self._uploads_checked = now
             pace = self._uploads.check(now, _upload_state)

@@ -99,6 +99,31 @@ def test_the_uploaders_pace_floors_the_adaptive_interval():
     assert s.due(90.0, None, busy=False)
 
 
+def test_a_saves_cost_includes_the_slowdown_of_the_steps_it_overlapped():
+    s = _interval.Schedule(interruptions_per_hour=1.0)
+    t = 0.0
+    for _ in range(20):  # steps of 0.1 s with no save in flight
+        t += 0.1
+        s.tick(t, busy=False)
+    assert s.idle_step is not None and abs(s.idle_step - 0.1) < 1e-9
+    s.saved(t + 0.05, stall=0.05)  # blocked 0.05 s: not a slow step
+    t += 0.05
+    for _ in range(10):  # the save is written meanwhile: steps take 0.15 s
+        t += 0.15
+        s.tick(t, busy=True)
+    s.persisted(1.5, restarts=0, run_seconds=100.0)
+    assert abs(s.last_cost - (0.05 + 10 * 0.05)) < 1e-9
+    plain = _interval.Schedule(interruptions_per_hour=1.0)
+    plain.saved(0.0, stall=0.05)
+    plain.persisted(1.5, restarts=0, run_seconds=100.0)
+    assert plain.last_cost == 0.05
+    assert s.interval > plain.interval, "a costlier save is taken less often"
+    # The next save starts from nothing.
+    s.saved(t, stall=0.01)
+    s.persisted(0.1, restarts=0, run_seconds=100.0)
+    assert s.last_cost == 0.01
+
+
 def test_the_upload_watch_measures_shipping_and_waits_only_once_markers_were_seen():
     w = _interval.UploadWatch()
     state = {"a": _interval.WAITING, "b": _interval.WAITING}
