@@ -352,7 +352,9 @@ pub fn next_deadline(spec: &JobSpec, s: &JobState, now: EpochMs) -> Option<Epoch
     // The SIGKILL deadline matters only while the process may live; a passed one would wake
     // the shell again at once, for ever.
     at.extend(s.kill_at.filter(|_| s.process_alive()));
-    if s.stop_cause.is_none() {
+    // The same deadlines `check_deadlines` acts on: none while the model uploads (one that
+    // passes meanwhile would wake the shell at once, for ever).
+    if s.stop_cause.is_none() && s.phase != Phase::Uploading {
         if let (true, Some(wait)) = (spec.spot, spec.max_wait_seconds) {
             at.push(s.created + wait as i64 * 1000);
         }
@@ -841,6 +843,20 @@ mod tests {
         );
         assert_eq!(s.secondary, "MaxWaitTimeExceeded");
         assert_eq!(s.status, "Stopped");
+    }
+
+    #[test]
+    fn no_deadline_wakes_the_shell_while_a_finished_job_uploads() {
+        let spec = spot();
+        let (s, _, _) = run(
+            &spec,
+            vec![(10, Capacity), (12, Downloaded(Ok(()))), (100, exited(0))],
+        );
+        assert_eq!(s.phase, Phase::Uploading);
+        // A slow final checkpoint sync outlasts both MaxRuntime and MaxWait.
+        assert_eq!(next_deadline(&spec, &s, 10_000_000), None);
+        let (after, fx) = step(&spec, &s, Tick, 10_000_000);
+        assert!(fx.is_empty() && after.phase == Phase::Uploading);
     }
 
     #[test]
