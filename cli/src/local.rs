@@ -143,8 +143,9 @@ pub struct Demo {
     #[arg(long, default_value = "examples/pytorch/train.py")]
     pub script: PathBuf,
     /// Optimizer steps, the run's length [default: 600 for rust (~0.05 s each on 2 cores),
-    /// 6000 for pytorch (~0.006 s each: the script's ~15 s of start-up, importing torch, must
-    /// stay a small part of the run the simulated hours are calibrated on)].
+    /// 6000 for pytorch (~0.006 s each: the script's ~13–15 s of start-up on 2 cores, ~5 s of
+    /// it importing torch, must stay a small part of the run the simulated hours are
+    /// calibrated on)].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Simulated hours the uninterrupted run's wall time maps to.

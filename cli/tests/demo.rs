@@ -174,12 +174,13 @@ fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
     );
 }
 
-/// The recovery paths of [`TRACE`] for the PyTorch job. A Python process spends ~15 s importing
-/// torch before its first step, a quarter to a third of the reference's wall time (which the
-/// time scale maps to four simulated hours), and each process trains at its own pace, so the
-/// outages are placed by those shares rather than at the Rust job's times: the short one at
-/// 1.8 h, when the first process has been training for a while, and the long one at 4.2 h, when
-/// the restarted process has started again and still has a good part of the run ahead of it.
+/// The recovery paths of [`TRACE`] for the PyTorch job. A Python process spends ~13–15 s (~5 s
+/// of it importing torch) before its first step, a quarter to a third of the reference's wall
+/// time (which the time scale maps to four simulated hours), and each process trains at its
+/// own pace, so the outages are placed by those shares rather than at the Rust job's times: the
+/// short one at 1.8 h, when the first process has been training for a while, and the long one
+/// at 4.2 h, when the restarted process has started again and still has a good part of the run
+/// ahead of it.
 const PYTORCH_TRACE: &str = r#"{"outages": [
     {"at_seconds": 6480, "duration_seconds": 600, "instance_type": "ml.g4dn.xlarge"},
     {"at_seconds": 15120, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}

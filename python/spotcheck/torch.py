@@ -100,11 +100,11 @@ def _upload_state(directory: str) -> str:
         names = os.listdir(directory)
     except FileNotFoundError:
         return _interval.GONE
+    if not any(n.endswith((".sagemaker-uploaded", ".sagemaker-uploading")) for n in names):
+        return _interval.WAITING  # no marker: not uploaded, and no manifest to read
     if _native.fully_uploaded(directory):
         return _interval.UPLOADED
-    if any(n.endswith((".sagemaker-uploaded", ".sagemaker-uploading")) for n in names):
-        return _interval.UPLOADING
-    return _interval.WAITING
+    return _interval.UPLOADING
 
 
 def _is_tensor(value: Any) -> bool:

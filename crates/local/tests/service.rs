@@ -42,6 +42,20 @@ async fn stack(dir: &Path, trace: Option<&str>, time_scale: f64) -> Stack {
     Stack::start(config, |_| {}).await.unwrap()
 }
 
+/// A stack whose training image is the shell script `body` (written into `dir`), with
+/// fast-forward on: for tests of container semantics that need no trainer.
+async fn script_stack(dir: &Path, body: &str) -> Stack {
+    let script = dir.join("image.sh");
+    std::fs::write(&script, body).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut service = ServiceConfig::new(dir.join("service"), script);
+    service.fast_forward = true;
+    let mut config = StackConfig::new(service);
+    config.buckets = vec![BUCKET.into()];
+    Stack::start(config, |_| {}).await.unwrap()
+}
+
 /// A small synthetic-data job: `steps` optimizer steps, a checkpoint every 20.
 fn create(
     client: &aws_sdk_sagemaker::Client,
@@ -603,9 +617,8 @@ async fn a_two_instance_job_loses_one_host_and_restarts_both() {
 async fn a_host_that_fails_alone_fails_the_job() {
     let dir = tempfile::tempdir().unwrap();
     // A training image whose second host fails at once while the first trains on.
-    let script = dir.path().join("two-hosts.sh");
-    std::fs::write(
-        &script,
+    let stack = script_stack(
+        dir.path(),
         "#!/bin/sh\n\
          if [ \"$SM_CURRENT_HOST\" = algo-2 ]; then\n\
            echo \"host algo-2: out of memory\" > \"$SPOTCHECK_OPT_ML/output/failure\"\n\
@@ -614,14 +627,7 @@ async fn a_host_that_fails_alone_fails_the_job() {
          trap 'exit 143' TERM\n\
          while :; do sleep 0.05; done\n",
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut service = ServiceConfig::new(dir.path().join("service"), script);
-    service.fast_forward = true;
-    let mut config = StackConfig::new(service);
-    config.buckets = vec![BUCKET.into()];
-    let stack = Stack::start(config, |_| {}).await.unwrap();
+    .await;
     let sm = stack.sagemaker_client();
     create(&sm, "svc-fail", 10, false)
         .resource_config(
@@ -694,23 +700,15 @@ async fn a_container_ends_with_everything_it_started() {
     let dir = tempfile::tempdir().unwrap();
     // A training image like `spotcheck run`: the real work runs in a process group of its
     // own, and here the first process ends without waiting for it.
-    let script = dir.path().join("leaves-a-child.sh");
-    std::fs::write(
-        &script,
+    let stack = script_stack(
+        dir.path(),
         "#!/bin/sh\n\
          set -m\n\
          sleep 600 &\n\
          echo $! > \"$SPOTCHECK_OPT_ML/output/child.pid\"\n\
          exit 0\n",
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut service = ServiceConfig::new(dir.path().join("service"), script);
-    service.fast_forward = true;
-    let mut config = StackConfig::new(service);
-    config.buckets = vec![BUCKET.into()];
-    let stack = Stack::start(config, |_| {}).await.unwrap();
+    .await;
     create(&stack.sagemaker_client(), "svc-orphan", 10, false)
         .send()
         .await
