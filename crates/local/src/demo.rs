@@ -138,7 +138,7 @@ impl DemoConfig {
     /// (the adaptive interval), as a user would leave it. The PyTorch script trains its small
     /// dense network (the convnet is `--hp model=convnet`: several times slower on CPU) and logs
     /// JSON events, which the report reads. It runs PyTorch with one intra-op thread: with
-    /// more, PyTorch's CPU training is not bit-reproducible from process to process
+    /// more, resumed CPU runs were not always bit-identical to uninterrupted ones
     /// (docs/pytorch.md, "Exact resume"), and the demo ends by comparing weights byte for byte.
     pub fn effective_hyperparameters(&self) -> BTreeMap<String, String> {
         let framework: &[(&str, &str)] = match self.framework {
