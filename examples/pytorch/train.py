@@ -66,9 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=int(hp.get("batch_size", 64)))
     p.add_argument("--lr", type=float, default=float(hp.get("learning_rate", 1e-3)))
     p.add_argument("--seed", type=int, default=int(hp.get("seed", 0)))
-    p.add_argument("--threads", type=int, default=int(hp.get("threads", 0)),
-                   help="torch intra-op threads (0: torch's default); 1 for bit-exact resume on CPU "
-                        "(docs/pytorch.md, \"Exact resume\")")
+    p.add_argument("--threads", type=int, default=int(hp.get("threads", 1)),
+                   help="torch intra-op threads (0: torch's default). One by default: with more, resumed "
+                        "CPU runs are not always bit-identical (docs/pytorch.md, \"Exact resume\")")
     p.add_argument("--workers", type=int, default=int(hp.get("workers", 0)), help="DataLoader workers")
     p.add_argument("--checkpoint-dir", default=None,
                    help="checkpoint root (default: SageMaker's checkpoint LocalPath or /opt/ml/checkpoints)")

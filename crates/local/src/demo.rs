@@ -137,9 +137,7 @@ impl DemoConfig {
     /// The hyperparameters both runs use. Checkpointing is left at the trainer's defaults
     /// (the adaptive interval), as a user would leave it. The PyTorch script trains its small
     /// dense network (the convnet is `--hp model=convnet`: several times slower on CPU) and logs
-    /// JSON events, which the report reads. It runs PyTorch with one intra-op thread: with
-    /// more, resumed CPU runs were not always bit-identical to uninterrupted ones
-    /// (docs/pytorch.md, "Exact resume"), and the demo ends by comparing weights byte for byte.
+    /// JSON events, which the report reads.
     pub fn effective_hyperparameters(&self) -> BTreeMap<String, String> {
         let framework: &[(&str, &str)] = match self.framework {
             Framework::Rust => &[
@@ -147,7 +145,7 @@ impl DemoConfig {
                 ("model_hidden", "64"),
                 ("backend", "cpu"),
             ],
-            Framework::PyTorch(_) => &[("model", "tiny"), ("threads", "1"), ("log_format", "json")],
+            Framework::PyTorch(_) => &[("model", "tiny"), ("log_format", "json")],
         };
         let mut hp: BTreeMap<String, String> = [
             ("seed", self.seed.to_string()),
