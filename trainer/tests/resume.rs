@@ -410,13 +410,17 @@ fn stray_sagemaker_marker_files_are_ignored() {
 
 /// The same small task with every checkpoint setting at its default (adaptive interval, no
 /// fixed triggers, keep 3) and enough steps for several adaptive intervals.
+///
+/// 27,000 steps: the adaptive interval is √(2·stall·MTBF), about 0.7 s (≈ 800 steps) on an idle
+/// machine, and a stall measured during a load spike lengthens it; four killed processes of
+/// three saves each use ~7,000 steps when idle, so this leaves room for intervals ~4× longer.
 const DEFAULT_HP: &[&str] = &[
     "dataset=synthetic",
     "num_classes=4",
     "image_size=8",
     "synthetic_samples=96",
     "batch_size=16",
-    "epochs=1500",
+    "epochs=4500",
     "model_depth=1",
     "model_width=4",
     "model_hidden=16",
@@ -446,8 +450,9 @@ fn default_command(d: &Dirs) -> Command {
 }
 
 /// Runs the trainer with default settings until it has saved `saves` checkpoints, then
-/// SIGKILLs it (no warning, as a spot reclaim may come); returns why each was taken.
-fn run_until_saves_then_kill(d: &Dirs, saves: usize) -> Vec<String> {
+/// SIGKILLs it (no warning, as a spot reclaim may come); returns why each was taken and at
+/// which step.
+fn run_until_saves_then_kill(d: &Dirs, saves: usize) -> Vec<(String, u64)> {
     let mut child = default_command(d).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut whys = Vec::new();
@@ -457,12 +462,13 @@ fn run_until_saves_then_kill(d: &Dirs, saves: usize) -> Vec<String> {
             continue;
         };
         if field(&v, "event").and_then(|e| e.as_str()) == Some("checkpoint_saved") {
-            whys.push(
+            whys.push((
                 field(&v, "why")
                     .and_then(|w| w.as_str())
                     .unwrap_or("")
                     .to_owned(),
-            );
+                field(&v, "step").and_then(|s| s.as_u64()).unwrap_or(0),
+            ));
             if whys.len() == saves {
                 child.kill().unwrap();
                 break;
@@ -482,21 +488,28 @@ fn default_settings_keep_checkpointing_across_sigkill_and_resume() {
     // Regression: with default hyperparameters only the first process of a run measured its
     // checkpoint cost, so after a resume nothing periodic happened until the end, and a
     // reclaim without SIGTERM lost the whole attempt.
-    let reference = {
-        let d = dirs();
-        let out = default_command(&d).output().unwrap();
-        assert!(out.status.success());
-        finals(&d)
-    };
+    // The uninterrupted reference runs alongside the killed ones.
+    let reference_dirs = dirs();
+    let reference = default_command(&reference_dirs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let d = dirs();
     for process in 0..4 {
-        let whys = run_until_saves_then_kill(&d, 3);
+        let saves = run_until_saves_then_kill(&d, 3);
+        let whys: Vec<&str> = saves.iter().map(|(why, _)| why.as_str()).collect();
         assert_eq!(
             whys,
             ["Measure", "Periodic", "Periodic"],
-            "process {process}: each process measures its own first checkpoint, then keeps the adaptive interval"
+            "process {process}: each process measures its own first checkpoint, then keeps the adaptive interval (saves at steps {saves:?})"
         );
     }
+    let reference = {
+        let out = reference.wait_with_output().unwrap();
+        assert!(out.status.success());
+        finals(&reference_dirs)
+    };
     let out = default_command(&d).output().unwrap();
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stdout);
