@@ -12,6 +12,12 @@ same weights, optimizer state, learning-rate schedule, data order and random num
 had never stopped. Under ``spotcheck run -- python train.py`` the launcher passes spot
 notices on; without it the package polls IMDS itself.
 
+Under ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``, as SageMaker's multi-instance jobs do) it trains data-parallel: gloo on the CPU,
+each rank on its own shard of the data, gradients averaged by ``DistributedDataParallel``;
+every rank checkpoints its own namespace and the ranks resume together from the newest step
+they all completed.
+
 Exit codes: 0 done, 143 stopped with a durable checkpoint, 1 error.
 """
 
@@ -187,8 +193,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
+    if world > 1:
+        torch.distributed.init_process_group("gloo")
 
     x, y = synthetic(args.synthetic, args.seed) if args.synthetic else load_fashion_mnist(Path(args.data), args.limit)
+    if world > 1:
+        # Equal shards, so that every rank runs the same number of steps in lockstep.
+        n = len(y) // world * world
+        x, y = x[rank:n:world], y[rank:n:world]
     loader = StatefulDataLoader(
         Images(x, y),
         batch_size=args.batch_size,
@@ -197,6 +211,7 @@ def main(argv=None) -> int:
         num_workers=args.workers,
     )
     model = build_model(args.model)
+    forward = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     steps_per_epoch = len(loader)
     total = args.epochs * steps_per_epoch
@@ -228,7 +243,7 @@ def main(argv=None) -> int:
     last_loss = float("nan")
     while step < total and not stopped:
         for images, labels in loader:
-            loss = loss_fn(model(images), labels)
+            loss = loss_fn(forward(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -274,8 +289,9 @@ def main(argv=None) -> int:
              json.dumps(ckpt.stats))
     # The model directory (SageMaker's model.tar.gz) holds the final optimizer state too, so
     # that training can be continued, and two runs compared, byte for byte.
-    write_final_state(Path(args.model_dir), model, optimizer, step)
-    if args.final_state:
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one model per host (SageMaker uploads algo-1's)
+        write_final_state(Path(args.model_dir), model, optimizer, step)
+    if args.final_state and rank == 0:
         write_final_state(Path(args.final_state), model, optimizer, step)
     events.emit("completed", steps=step, loss=last_loss, seconds=seconds)
     if not events.enabled:
@@ -284,4 +300,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(code)

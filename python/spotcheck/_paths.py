@@ -3,7 +3,8 @@
 Pure functions of an environment mapping and a file reader, with the same rules as the Rust
 trainer (trainer/src/sagemaker.rs): the checkpoint root is CheckpointConfig's LocalPath from
 ``/opt/ml/input/config/checkpointconfig.json`` (else ``/opt/ml/checkpoints``); the namespace is
-``SM_CURRENT_HOST``, else ``current_host`` of ``resourceconfig.json``, else ``algo-1``;
+``rank-<RANK>`` in a multi-process job (``WORLD_SIZE`` > 1), else ``SM_CURRENT_HOST``, else
+``current_host`` of ``resourceconfig.json``, else ``algo-1``;
 SageMaker uploads the root to S3 (and deletes there what is deleted here) when the config
 names an ``S3Uri`` and the root is its LocalPath. ``SPOTCHECK_OPT_ML`` moves ``/opt/ml`` (for
 tests and local runs).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Tuple
 
 OPT_ML = "/opt/ml"
 DEFAULT_NAMESPACE = "algo-1"
@@ -63,8 +64,34 @@ def checkpoint_synced(
     return Path(directory) == (Path(local) if local else opt / "checkpoints")
 
 
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        return default
+
+
+def ranks(env: Mapping[str, str] = os.environ) -> Tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` as ``torchrun`` (or the job's launcher) sets them;
+    ``(0, 1, 0)`` for a process that is not part of a process group."""
+    world = max(_int(env, "WORLD_SIZE", 1), 1)
+    rank = min(max(_int(env, "RANK", 0), 0), world - 1)
+    return rank, world, max(_int(env, "LOCAL_RANK", 0), 0)
+
+
+def rank_namespace(rank: int) -> str:
+    """The namespace of one rank of a multi-process job: ranks, not hosts, own checkpoints
+    (several may share a host, and a restarted job may place them on other hosts; every host
+    sees every namespace, since SageMaker copies the whole prefix into each at start)."""
+    return f"rank-{rank:05d}"
+
+
 def namespace(env: Mapping[str, str] = os.environ, read: Reader = read_file) -> str:
-    """This host's checkpoint namespace (all hosts of a job share one S3 prefix)."""
+    """This process's checkpoint namespace (all hosts of a job share one S3 prefix): its rank's
+    in a multi-process job, else the host's."""
+    rank, world, _ = ranks(env)
+    if world > 1:
+        return rank_namespace(rank)
     host = env.get("SM_CURRENT_HOST")
     if host:
         return host

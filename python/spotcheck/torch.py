@@ -34,6 +34,15 @@ one safetensors file per object (``model.safetensors`` holds exactly ``model.sta
 readable with ``safetensors.torch.load_file``), ``rng-states.safetensors``, ``state.json``
 (everything that is not a tensor) and ``manifest.json``, written last. ``spotcheck validate``
 and the control plane's S3 validation read them as they read the Rust trainer's.
+
+In a multi-process job (``WORLD_SIZE`` > 1: ``torchrun``, SageMaker's multi-instance jobs) each
+rank writes its own namespace (``rank-<RANK>``), and :meth:`~Checkpointer.restore`,
+:meth:`~Checkpointer.due`, :meth:`~Checkpointer.should_stop`, :meth:`~Checkpointer.save` and
+:meth:`~Checkpointer.wait` are collective: every rank calls them in the same order, after
+``init_process_group``. The ranks save and stop at the same step, and once every rank's
+checkpoint of a step is durable a job commit (``commit-<step>.json``, listing each rank's
+manifest digest) makes the step complete; a restart resumes every rank from the newest complete
+step, and retention never deletes it (docs/pytorch.md, "Multi-process jobs").
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from . import _interval, _native, _paths, _tree
+from . import _group, _interval, _native, _paths, _tree
 from ._native import CheckpointError
 from ._stop import StopWatch
 
@@ -226,8 +235,9 @@ class Checkpointer:
             never deleted, and incomplete ones are deleted only once a newer one is valid.
             Where SageMaker's checkpoint sync mirrors the folder, only fully uploaded
             checkpoints count, and the newest uploaded one is never deleted.
-        namespace: this host's (or rank's) folder; default ``SM_CURRENT_HOST`` or ``algo-1``.
-            Processes sharing a root must use different namespaces.
+        namespace: this process's folder; default ``rank-<RANK>`` in a multi-process job, else
+            ``SM_CURRENT_HOST`` or ``algo-1``. Processes sharing a root must use different
+            namespaces.
         interruptions_per_hour: expected interruption rate for :meth:`due`'s adaptive
             interval (observed restarts raise it).
         every_steps, every_seconds: fixed triggers for :meth:`due`, besides the adaptive one.
@@ -260,6 +270,13 @@ class Checkpointer:
             raise ValueError("keep must be at least 1")
         self.directory = Path(directory) if directory is not None else _paths.checkpoint_root()
         self.namespace = namespace or _paths.namespace()
+        self.rank, self.world_size, self._local_rank = _paths.ranks()
+        self._group = _group.Group(self.rank, self.world_size) if self.world_size > 1 else None
+        # The newest step with a job commit (multi-process jobs), and the last agreement:
+        # (stop, due, busy) with which of should_stop()/due() have not read it yet.
+        self._committed_step = -1
+        self._agreed = (False, False, False)
+        self._unread: set = set()
         self.keep = keep
         self.verify = verify
         self.synced = _paths.checkpoint_synced(self.directory) if synced is None else synced
@@ -297,13 +314,20 @@ class Checkpointer:
     # -- stop and schedule -------------------------------------------------------------------
 
     def should_stop(self) -> bool:
-        """True after SIGTERM/SIGINT or a spot interruption notice: save, wait, exit 143."""
-        return self._stop.should_stop()
+        """True after SIGTERM/SIGINT or a spot interruption notice: save, wait, exit 143.
+        In a multi-process job, true on every rank once any rank has been told to stop."""
+        if self._group is None:
+            return self._stop.should_stop()
+        if "stop" not in self._unread:
+            self._agree()
+        self._unread.discard("stop")
+        return self._agreed[0]
 
     @property
     def stop_reason(self) -> Optional[str]:
-        """``"signal"`` or ``"spot-notice"`` once a stop was requested."""
-        return self._stop.reason
+        """``"signal"`` or ``"spot-notice"`` once a stop was requested; ``"another-rank"``
+        where another rank of the job was told to stop."""
+        return self._stop.reason or ("another-rank" if self._agreed[0] else None)
 
     def due(self, step: Optional[int] = None) -> bool:
         """Whether a periodic save is due after ``step``: the first call, the fixed triggers,
@@ -318,10 +342,63 @@ class Checkpointer:
             pace = self._uploads.check(now, _upload_state)
             if pace is not None:
                 self._schedule.upload_pace(pace)
+        if self._group is not None:
+            if "due" not in self._unread:
+                self._agree()
+            self._unread.discard("due")
+            _, due, busy_anywhere = self._agreed
+            every = self._schedule.every_steps
+            fixed = bool(every) and step is not None and step % every == 0
+            return not busy_anywhere and (due or fixed)
         busy = self._persister.busy()
         if self._stop.rebalance_pending() and not busy:
             return True
         return self._schedule.due(now, step, busy)
+
+    def _agree(self) -> None:
+        """One collective per step in a multi-process job: whether any rank must stop, whether
+        any rank's schedule (time-based, or a rebalance) wants a save and whether any rank's
+        save is still in flight; and, when every rank holds the same newest durable step,
+        that step's job commit."""
+        assert self._group is not None
+        self._collect()
+        busy = self._persister.busy()
+        want = self._stop.rebalance_pending() or self._schedule.due(time.monotonic(), None, busy)
+        durable = -1 if self._durable_step is None else self._durable_step
+        stop, want_any, busy_any, newest, neg_oldest = self._group.max(
+            [int(self._stop.should_stop()), int(want), int(busy), durable, -durable]
+        )
+        self._agreed = (bool(stop), bool(want_any), bool(busy_any))
+        self._unread = {"stop", "due"}
+        self._maybe_commit(newest, -neg_oldest)
+
+    def _maybe_commit(self, newest: int, oldest: int) -> None:
+        """Writes the job commit of ``newest`` when every rank's newest durable step is it and
+        it has none yet (collective: every rank sees the same figures and enters together)."""
+        if newest != oldest or newest <= self._committed_step:
+            return
+        assert self._group is not None
+        digest = _native.manifest_sha256(str(self.directory), self.namespace, newest)
+        entries = self._group.gather((self.rank, self.namespace, digest, int(time.time() * 1000)))
+        self._committed_step = newest
+        missing = [rank for rank, _, d, _ in entries if d is None]
+        if missing:
+            log.error("step %d: no manifest on rank(s) %s; the step stays incomplete", newest, missing)
+            return
+        if self._local_rank != 0:
+            return  # one writer per host (the ranks of a host share its checkpoint folder)
+        try:
+            _native.write_commit(
+                str(self.directory),
+                newest,
+                self.world_size,
+                entries[0][3],
+                [(rank, ns, d) for rank, ns, d, _ in entries],
+                json.dumps({"writer": "spotcheck.torch"}),
+            )
+            log.info("step %d complete on all %d ranks: job commit written", newest, self.world_size)
+        except CheckpointError as e:
+            log.error("job commit of step %d failed: %s; the previous complete step stands", newest, e)
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -477,9 +554,14 @@ class Checkpointer:
         Raises :class:`CheckpointError` if that save failed.
         """
         outcome = self._persister.wait()
+        if outcome is not None:
+            self._record(outcome)
+        if self._group is not None:
+            durable = -1 if self._durable_step is None else self._durable_step
+            newest, neg_oldest = self._group.max([durable, -durable])
+            self._maybe_commit(newest, -neg_oldest)
         if outcome is None:
             return None
-        self._record(outcome)
         if not outcome["ok"]:
             raise CheckpointError(f"checkpoint of step {outcome['step']} failed: {outcome['error']}")
         return outcome
@@ -497,6 +579,8 @@ class Checkpointer:
         back in :attr:`values`; random states are restored too.
         """
         self.skipped = []
+        if self._group is not None:
+            return self._restore_agreed(state)
         for name, step, status, reason in _native.candidates(str(self.directory), self.namespace):
             if status != "valid":
                 self._skip(name, f"{status}: {reason}")
@@ -506,15 +590,67 @@ class Checkpointer:
             except CheckpointError as e:
                 self._skip(name, str(e))
                 continue
-            self._apply(name, document, tensors, state)
-            self._durable_step = step
-            run = document.get("run") or {}
-            self._restarts = int(run.get("restarts", 0)) + 1
-            self._train_seconds_base = float(run.get("train_seconds", 0.0))
-            self._started = time.monotonic()
-            log.info("restored %s", name)
+            self._resume_from(name, step, document, tensors, state)
             return step
         return None
+
+    def _restore_agreed(self, state: Dict[str, Any]) -> Optional[int]:
+        """Every rank resumes from the same step: the newest complete one (with a job commit
+        and every rank's checkpoint present) that every rank can load; checkpoints without a
+        commit do not count. None on every rank when there is no such step."""
+        assert self._group is not None
+        steps = _native.complete_steps(str(self.directory), self.namespace) or []
+        bound: Optional[int] = None
+        while True:
+            mine = next((s for s in steps if bound is None or s < bound), -1)
+            step = -self._group.max([-mine])[0]
+            if step < 0:
+                return None
+            name = f"{self.namespace}/step-{step:012d}"
+            loaded = None
+            if step in steps:
+                try:
+                    loaded = self._read(step)
+                except CheckpointError as e:
+                    self._skip(name, str(e))
+            else:
+                self._skip(name, "not complete in this rank's checkpoint folder")
+            failed = self._group.max([int(loaded is None)])[0]
+            if loaded is not None and not failed:
+                self._resume_from(name, step, *loaded, state)
+                self._committed_step = step
+                self._abandon_after(step)
+                return step
+            if loaded is not None:
+                self._skip(name, "another rank could not load its part of this step")
+            bound = step
+
+    def _abandon_after(self, step: int) -> None:
+        """Removes this rank's checkpoints (and the commits) of steps after the agreed one: no
+        rank can resume from them, and the resumed run writes those steps again."""
+        try:
+            removed = _native.abandon_after(str(self.directory), self.namespace, step)
+        except CheckpointError as e:
+            log.warning("could not remove checkpoints after step %d: %s", step, e)
+            return
+        for name in removed:
+            log.warning("removed %s: after step %d, which every rank resumed from", name, step)
+
+    def _resume_from(
+        self,
+        name: str,
+        step: int,
+        document: Dict[str, Any],
+        tensors: Dict[str, Dict[str, torch.Tensor]],
+        state: Dict[str, Any],
+    ) -> None:
+        self._apply(name, document, tensors, state)
+        self._durable_step = step
+        run = document.get("run") or {}
+        self._restarts = int(run.get("restarts", 0)) + 1
+        self._train_seconds_base = float(run.get("train_seconds", 0.0))
+        self._started = time.monotonic()
+        log.info("restored %s", name)
 
     def _skip(self, name: str, reason: str) -> None:
         self.skipped.append((name, reason))

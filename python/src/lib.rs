@@ -272,6 +272,90 @@ fn fully_uploaded(py: Python<'_>, dir: PathBuf) -> bool {
     py.detach(|| spotcheck_protocol::dir_is_fully_uploaded(&dir))
 }
 
+/// In a job root (one with commit files), the steps complete for `namespace`, newest first,
+/// judged by sizes (the caller checks its own bytes as it reads them); `None` without commits.
+#[pyfunction]
+fn complete_steps(py: Python<'_>, root: PathBuf, namespace: String) -> PyResult<Option<Vec<u64>>> {
+    py.detach(|| spotcheck_protocol::complete_steps(&root, &namespace))
+        .map_err(checkpoint_error)
+}
+
+/// SHA-256 of `<root>/<namespace>/step-N/manifest.json`, as a job commit names it; `None`
+/// when there is no manifest.
+#[pyfunction]
+fn manifest_sha256(
+    py: Python<'_>,
+    root: PathBuf,
+    namespace: String,
+    step: u64,
+) -> PyResult<Option<String>> {
+    spotcheck_protocol::check_namespace(&namespace)
+        .map_err(|problem| PyValueError::new_err(format!("namespace {namespace:?} {problem}")))?;
+    let path = root
+        .join(&namespace)
+        .join(spotcheck_protocol::step_dir_name(step))
+        .join(spotcheck_protocol::MANIFEST_FILE);
+    match py.detach(|| std::fs::read(&path)) {
+        Ok(bytes) => Ok(Some(spotcheck_protocol::manifest_digest(&bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(checkpoint_error(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Removes `namespace`'s checkpoints and the commits of steps after `step`, the timeline a job
+/// abandoned when its ranks agreed to resume from `step`; returns the names removed.
+#[pyfunction]
+fn abandon_after(
+    py: Python<'_>,
+    root: PathBuf,
+    namespace: String,
+    step: u64,
+) -> PyResult<Vec<String>> {
+    py.detach(|| spotcheck_protocol::abandon_after(&root, &namespace, step))
+        .map_err(|e| checkpoint_error(format!("{}: {e}", root.display())))
+}
+
+/// One participant of a job commit: `(rank, namespace, manifest_sha256)`.
+type CommitParticipant = (u32, String, String);
+
+/// Writes the job commit of `step` under `root` (checked before it is written: ranks
+/// `0..world_size`, each once, legal namespaces, canonical digests); returns its path.
+#[pyfunction]
+#[pyo3(signature = (root, step, world_size, created_at_ms, participants, meta_json=None))]
+fn write_commit(
+    py: Python<'_>,
+    root: PathBuf,
+    step: u64,
+    world_size: u32,
+    created_at_ms: u64,
+    participants: Vec<CommitParticipant>,
+    meta_json: Option<String>,
+) -> PyResult<PathBuf> {
+    let meta = meta_json
+        .map(|m| serde_json::from_str(&m))
+        .transpose()
+        .map_err(|e| PyValueError::new_err(format!("meta is not JSON: {e}")))?;
+    let commit = spotcheck_protocol::JobCommit {
+        format_version: spotcheck_protocol::COMMIT_FORMAT_VERSION,
+        step,
+        world_size,
+        created_at_ms,
+        meta,
+        participants: participants
+            .into_iter()
+            .map(
+                |(rank, namespace, manifest_sha256)| spotcheck_protocol::Participant {
+                    rank,
+                    namespace,
+                    manifest_sha256,
+                },
+            )
+            .collect(),
+    };
+    py.detach(|| spotcheck_protocol::write_commit(&root, &commit))
+        .map_err(checkpoint_error)
+}
+
 /// An opened checkpoint: manifest read and checked against its location.
 #[pyclass(module = "spotcheck._native", frozen)]
 struct Checkpoint {
@@ -441,6 +525,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_tensor_file, m)?)?;
     m.add_function(wrap_pyfunction!(candidates, m)?)?;
     m.add_function(wrap_pyfunction!(fully_uploaded, m)?)?;
+    m.add_function(wrap_pyfunction!(complete_steps, m)?)?;
+    m.add_function(wrap_pyfunction!(manifest_sha256, m)?)?;
+    m.add_function(wrap_pyfunction!(write_commit, m)?)?;
+    m.add_function(wrap_pyfunction!(abandon_after, m)?)?;
     m.add_function(wrap_pyfunction!(imds_endpoint, m)?)?;
     Ok(())
 }

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::digest::is_canonical_sha256_hex;
-use crate::durable::sync_dir;
+use crate::durable::{remove_checkpoint_dir, sync_dir};
 use crate::layout::{check_namespace, excerpt, PathProblem, STEP_DIGITS, TEMP_SUFFIX};
 use crate::verify::Verdict;
 
@@ -327,12 +327,17 @@ pub fn judge_step(commit: &JobCommit, found: &BTreeMap<String, ParticipantCheck>
 }
 
 /// Writes `commit` as `<root>/commit-<step>.json`: a temporary name, fsync, rename, fsync of the
-/// root. Writing the same commit again is harmless (identical bytes).
+/// root. Writing the same commit again is harmless (identical bytes), also from several
+/// processes at once (each writes its own temporary file).
 pub fn write_commit(root: &Path, commit: &JobCommit) -> io::Result<PathBuf> {
     let bytes = commit.to_json_bytes().map_err(io::Error::other)?;
     fs::create_dir_all(root)?;
     let target = root.join(commit_file_name(commit.step));
-    let temp = root.join(format!("{}{TEMP_SUFFIX}", commit_file_name(commit.step)));
+    let temp = root.join(format!(
+        "{}.{}{TEMP_SUFFIX}",
+        commit_file_name(commit.step),
+        std::process::id()
+    ));
     {
         let mut file = File::create(&temp)?;
         file.write_all(&bytes)?;
@@ -365,8 +370,13 @@ pub fn read_commits(root: &Path) -> io::Result<BTreeMap<u64, Result<JobCommit, C
             continue;
         }
         let mut bytes = Vec::new();
-        File::open(entry.path())?
-            .take(MAX_COMMIT_BYTES as u64 + 1)
+        let file = match File::open(entry.path()) {
+            Ok(file) => file,
+            // Pruned by another writer sharing the root since the listing: it is gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        file.take(MAX_COMMIT_BYTES as u64 + 1)
             .read_to_end(&mut bytes)?;
         out.insert(step, JobCommit::parse_at(&name, &bytes));
     }
@@ -436,6 +446,45 @@ pub fn prune_commits(root: &Path, namespace: &str) -> io::Result<usize> {
     if removed > 0 {
         sync_dir(root)?;
     }
+    Ok(removed)
+}
+
+/// After every rank of a job agreed to resume from `step`: removes `namespace`'s checkpoints
+/// and the commit files of later steps, a timeline the job abandoned (no rank could load it
+/// whole, so it can never be resumed from); returns the names removed. Without this, the
+/// resumed run would meet its own old checkpoints again: the writer refuses to overwrite a
+/// valid one, and retention would count them as the newest.
+pub fn abandon_after(root: &Path, namespace: &str, step: u64) -> io::Result<Vec<String>> {
+    check_namespace(namespace).map_err(|p| io::Error::new(io::ErrorKind::InvalidInput, p))?;
+    let mut removed = Vec::new();
+    let ns_dir = root.join(namespace);
+    match fs::read_dir(&ns_dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if crate::parse_step_dir_name(&name).is_some_and(|s| s > step) {
+                    remove_checkpoint_dir(&entry.path())?;
+                    removed.push(format!("{namespace}/{name}"));
+                }
+            }
+            sync_dir(&ns_dir)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    for &later in read_commits(root)?.keys().filter(|&&s| s > step) {
+        let name = commit_file_name(later);
+        match fs::remove_file(root.join(&name)) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(root)?;
+    }
+    removed.sort();
     Ok(removed)
 }
 

@@ -24,7 +24,8 @@
 //!
 //! Multi-host jobs (a step is complete only when every host has it; see `docs/checkpoint-format.md`):
 //! - [`write_commit`]`(root, &`[`JobCommit`]`)` after every participant committed its step
-//! - [`open_latest_complete`]`(root, namespace)` to resume; [`Report::job`] from [`validate_root`]
+//! - [`open_latest_complete`]`(root, namespace)` to resume, or [`complete_steps`] for writers
+//!   whose ranks agree on the step themselves; [`Report::job`] from [`validate_root`]
 //! - [`judge_step`] (pure), [`committed_checkpoints`] and [`prune_commits`] for retention
 //!
 //! Retention:
@@ -54,10 +55,10 @@ mod writer;
 
 pub use digest::{crc64nvme_from_base64, crc64nvme_to_base64, FileDigest};
 pub use job::{
-    commit_file_name, committed_checkpoints, judge_step, manifest_digest, parse_commit_file_name,
-    prune_commits, read_commits, write_commit, CommitError, JobCommit, Participant,
-    ParticipantCheck, StepVerdict, COMMIT_FORMAT_VERSION, COMMIT_PREFIX, COMMIT_SUFFIX,
-    MAX_COMMIT_BYTES,
+    abandon_after, commit_file_name, committed_checkpoints, judge_step, manifest_digest,
+    parse_commit_file_name, prune_commits, read_commits, write_commit, CommitError, JobCommit,
+    Participant, ParticipantCheck, StepVerdict, COMMIT_FORMAT_VERSION, COMMIT_PREFIX,
+    COMMIT_SUFFIX, MAX_COMMIT_BYTES,
 };
 pub use layout::{
     check_namespace, check_rel_path, is_transport_name, parse_step_dir_name, step_dir_name,
@@ -73,8 +74,8 @@ pub use retention::{
     Uploads,
 };
 pub use scan::{
-    open_latest_complete, open_latest_valid, validate_root, validate_root_with, CheckpointReport,
-    JobReport, JobStepReport, ReadError, Report, ValidCheckpoint, Verification,
+    complete_steps, open_latest_complete, open_latest_valid, validate_root, validate_root_with,
+    CheckpointReport, JobReport, JobStepReport, ReadError, Report, ValidCheckpoint, Verification,
 };
 pub use upload::{
     dir_has_upload_markers, dir_is_fully_uploaded, is_fully_uploaded, mark_uploaded,

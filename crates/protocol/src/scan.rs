@@ -389,15 +389,52 @@ pub fn open_latest_complete(
         return open_latest_valid(root, namespace);
     }
     for commit in commits.into_values().rev().filter_map(Result::ok) {
-        if let Some(found) = complete_for(root, namespace, &commit) {
+        if let Some(found) = complete_for(root, namespace, &commit, Verification::Full) {
             return Ok(Some(found));
         }
     }
     Ok(None)
 }
 
-/// This namespace's checkpoint of `commit`'s step, if the step is complete under `root`.
-fn complete_for(root: &Path, namespace: &str, commit: &JobCommit) -> Option<ValidCheckpoint> {
+/// In a job root, the steps whose commit names `namespace` and is complete under `root`,
+/// newest first, judged by sizes only (a writer that loads one of them checks its own bytes
+/// as it reads them, and its process group agrees on the step); `None` for a root without
+/// commit files.
+pub fn complete_steps(
+    root: impl AsRef<Path>,
+    namespace: &str,
+) -> Result<Option<Vec<u64>>, ReadError> {
+    let root = root.as_ref();
+    check_namespace(namespace).map_err(|problem| ReadError::BadNamespace {
+        namespace: namespace.to_owned(),
+        problem,
+    })?;
+    let commits = read_commits(root).map_err(|source| ReadError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if commits.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        commits
+            .into_values()
+            .rev()
+            .filter_map(Result::ok)
+            .filter(|c| complete_for(root, namespace, c, Verification::SizesOnly).is_some())
+            .map(|c| c.step)
+            .collect(),
+    ))
+}
+
+/// This namespace's checkpoint of `commit`'s step, if the step is complete under `root`; this
+/// namespace's own checkpoint verified to `own_depth`, the others' by size.
+fn complete_for(
+    root: &Path,
+    namespace: &str,
+    commit: &JobCommit,
+    own_depth: Verification,
+) -> Option<ValidCheckpoint> {
     commit
         .participants
         .iter()
@@ -412,7 +449,7 @@ fn complete_for(root: &Path, namespace: &str, commit: &JobCommit) -> Option<Vali
         };
         let dir = dir_of(root, &location);
         let depth = if p.namespace == namespace {
-            Verification::Full
+            own_depth
         } else {
             Verification::SizesOnly
         };
@@ -663,8 +700,13 @@ fn real_dirs(dir: &Path) -> Result<Vec<String>, ReadError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
-        // `DirEntry::file_type` does not follow links.
-        let is_dir = entry.file_type().map_err(io_err)?.is_dir();
+        // `DirEntry::file_type` does not follow links. An entry removed since the listing (a
+        // writer sharing the root renamed or deleted it) is skipped.
+        let is_dir = match entry.file_type() {
+            Ok(t) => t.is_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(e)),
+        };
         if let (true, Ok(name)) = (is_dir, entry.file_name().into_string()) {
             found.push(name);
         }

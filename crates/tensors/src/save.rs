@@ -3,16 +3,21 @@
 //! Owns the order of a save: every file through the protocol crate's writer (temporary name,
 //! SHA-256 and CRC-64/NVME, fsync, rename), the manifest last, then the protocol crate's
 //! retention planner over this namespace only, upload-aware where an uploader mirrors the root
-//! (only fully uploaded checkpoints count as kept, the newest uploaded is never deleted).
+//! (only fully uploaded checkpoints count as kept, the newest uploaded is never deleted) and
+//! commit-aware in a multi-host job root (only checkpoints of committed steps count, so the
+//! newest complete step is never deleted; commits of steps this namespace no longer has are
+//! pruned).
 //! Retention failing never fails the save: the new checkpoint is already durable, and keeping
 //! an old one too is the safe side.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use spotcheck_protocol::{
-    execute_retention, plan_retention, uploaded_checkpoints, validate_root_with, CheckpointWriter,
-    RetentionAction, Uploads, Verification, WriteError,
+    committed_checkpoints, execute_retention, plan_retention_counting, prune_commits,
+    uploaded_checkpoints, validate_root_with, CheckpointWriter, RetentionAction, Status,
+    Verification, WriteError,
 };
 
 use crate::region::HostRegion;
@@ -136,12 +141,26 @@ fn retain(job: &SaveJob) -> Result<Vec<String>, String> {
         .filter(|c| c.namespace.as_deref() == Some(job.namespace.as_str()))
         .collect();
     let uploaded = job.synced.then(|| uploaded_checkpoints(&job.root, &ours));
-    let uploads = match &uploaded {
-        Some(set) => Uploads::Synced(set),
-        None => Uploads::Unsynced,
-    };
-    let actions = plan_retention(&ours, job.keep, &[], uploads);
+    let committed =
+        committed_checkpoints(&job.root, &job.namespace, &ours).map_err(|e| e.to_string())?;
+    // Only checkpoints up to the one just written count: a newer one is from a timeline this
+    // run did not resume from (it was skipped as unreadable), never a reason to delete.
+    let current: BTreeSet<String> = ours
+        .iter()
+        .filter(|c| c.step <= job.step && c.status == Status::Valid)
+        .map(|c| c.name.clone())
+        .collect();
+    let counted = [uploaded, committed]
+        .into_iter()
+        .flatten()
+        .fold(current, |acc, set| {
+            acc.intersection(&set).cloned().collect()
+        });
+    let actions = plan_retention_counting(&ours, job.keep, &[], Some(&counted));
     execute_retention(&job.root, &actions).map_err(|e| e.to_string())?;
+    if !actions.is_empty() {
+        prune_commits(&job.root, &job.namespace).map_err(|e| e.to_string())?;
+    }
     Ok(actions
         .into_iter()
         .map(|RetentionAction::Delete { name }| name)
@@ -230,6 +249,69 @@ mod tests {
                 "algo-1/step-000000000004",
                 "algo-2/step-000000000001"
             ]
+        );
+    }
+
+    fn valid_names(root: &std::path::Path) -> Vec<String> {
+        validate_root(root)
+            .unwrap()
+            .checkpoints
+            .into_iter()
+            .filter(|c| c.status == Status::Valid)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn in_a_job_root_only_committed_steps_count_so_the_newest_complete_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![1u8; 16];
+        write_job(&job(dir.path(), 1, &data, 1)).unwrap();
+        let manifest = std::fs::read(dir.path().join("algo-1/step-000000000001/manifest.json"));
+        spotcheck_protocol::write_commit(
+            dir.path(),
+            &spotcheck_protocol::JobCommit {
+                format_version: spotcheck_protocol::COMMIT_FORMAT_VERSION,
+                step: 1,
+                world_size: 1,
+                created_at_ms: 1,
+                meta: None,
+                participants: vec![spotcheck_protocol::Participant {
+                    rank: 0,
+                    namespace: "algo-1".into(),
+                    manifest_sha256: spotcheck_protocol::manifest_digest(&manifest.unwrap()),
+                }],
+            },
+        )
+        .unwrap();
+        // Steps 2 and 3 never get a commit (another rank never finished them): keep = 1 must
+        // not delete step 1, the only complete step.
+        for step in 2..=3 {
+            write_job(&job(dir.path(), step, &data, 1)).unwrap();
+        }
+        assert_eq!(
+            valid_names(dir.path()),
+            [
+                "algo-1/step-000000000001",
+                "algo-1/step-000000000002",
+                "algo-1/step-000000000003"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_newer_than_the_one_written_never_makes_retention_delete_it() {
+        // A run resumed from step 2 past an unreadable step 9 (sizes intact, bytes not): with
+        // keep = 1, counting step 9 would delete the checkpoint just written.
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![1u8; 16];
+        write_job(&job(dir.path(), 9, &data, 1)).unwrap();
+        for step in 2..=4 {
+            write_job(&job(dir.path(), step, &data, 1)).unwrap();
+        }
+        assert_eq!(
+            valid_names(dir.path()),
+            ["algo-1/step-000000000004", "algo-1/step-000000000009"]
         );
     }
 
