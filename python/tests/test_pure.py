@@ -164,3 +164,14 @@ def test_sagemaker_paths_and_namespace(tmp_path: Path):
     assert _paths.checkpoint_synced(tmp_path / "checkpoints", env, default_local.get)
     assert _paths.checkpoint_root({}, lambda p: None) == Path("/opt/ml/checkpoints")
     assert _paths.namespace({}, lambda p: b"not json") == "algo-1"
+
+
+def test_multi_process_jobs_get_one_namespace_per_rank():
+    two = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SM_CURRENT_HOST": "algo-1"}
+    assert _paths.ranks(two) == (1, 2, 1)
+    assert _paths.namespace(two, lambda p: None) == "rank-00001"
+    # A world of one is a single process: the host's namespace, as before.
+    one = {"RANK": "0", "WORLD_SIZE": "1", "SM_CURRENT_HOST": "algo-2"}
+    assert _paths.namespace(one, lambda p: None) == "algo-2"
+    assert _paths.ranks({}) == (0, 1, 0)
+    assert _paths.ranks({"WORLD_SIZE": "x", "RANK": "7"}) == (0, 1, 0)

@@ -6,9 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use spotcheck_protocol::{
-    committed_checkpoints, execute_retention, manifest_digest, open_latest_complete,
-    plan_retention_counting, prune_commits, validate_root, write_commit, JobCommit, Participant,
-    StepVerdict, COMMIT_FORMAT_VERSION, MANIFEST_FILE,
+    abandon_after, committed_checkpoints, complete_steps, execute_retention, manifest_digest,
+    open_latest_complete, plan_retention_counting, prune_commits, validate_root, write_commit,
+    JobCommit, Participant, StepVerdict, COMMIT_FORMAT_VERSION, MANIFEST_FILE,
 };
 
 use crate::util::write_checkpoint;
@@ -168,4 +168,47 @@ fn a_commit_with_a_missing_host_or_garbage_is_never_complete() {
     assert!(open_latest_complete(root.path(), "algo-9")
         .unwrap()
         .is_none());
+}
+
+#[test]
+fn complete_steps_lists_what_every_rank_can_resume_from_and_abandon_after_removes_the_rest() {
+    let root = tempfile::tempdir().unwrap();
+    assert_eq!(complete_steps(root.path(), "algo-1").unwrap(), None);
+    job_step(root.path(), 100);
+    job_step(root.path(), 200);
+    job_step(root.path(), 300);
+    fs::write(
+        dir(root.path(), "algo-2", 300).join("model.safetensors"),
+        b"short",
+    )
+    .unwrap();
+    for ns in HOSTS {
+        assert_eq!(
+            complete_steps(root.path(), ns).unwrap(),
+            Some(vec![200, 100]),
+            "{ns}"
+        );
+    }
+    // Both ranks resume from 200: algo-1's intact 300 and the commit of 300 are a timeline
+    // no rank can resume from.
+    let removed = abandon_after(root.path(), "algo-1", 200).unwrap();
+    assert_eq!(
+        removed,
+        ["algo-1/step-000000000300", "commit-000000000300.json"]
+    );
+    assert!(!dir(root.path(), "algo-1", 300).exists());
+    assert!(dir(root.path(), "algo-1", 200).exists() && dir(root.path(), "algo-2", 300).exists());
+    assert_eq!(
+        abandon_after(root.path(), "algo-2", 200).unwrap(),
+        ["algo-2/step-000000000300"]
+    );
+    assert_eq!(
+        validate_root(root.path())
+            .unwrap()
+            .job
+            .unwrap()
+            .latest_complete_step,
+        Some(200)
+    );
+    assert!(abandon_after(root.path(), "../x", 200).is_err());
 }
