@@ -157,6 +157,11 @@ pub struct Demo {
     /// The first job's instance type.
     #[arg(long, default_value = "ml.g4dn.xlarge")]
     pub instance_type: String,
+    /// Instances per job (InstanceCount, 1–8): with --framework pytorch, the example trains
+    /// data-parallel over gloo, one process per instance; a reclaim of any instance
+    /// interrupts the whole job.
+    #[arg(long, default_value_t = 1)]
+    pub instances: u32,
     /// Extra hyperparameters NAME=VALUE (repeatable).
     #[arg(long = "hp", value_name = "NAME=VALUE")]
     pub hp: Vec<String>,
@@ -400,6 +405,7 @@ pub fn run_demo(args: Demo) -> Result<ExitCode> {
     }
     config.simulated_hours = args.simulated_hours;
     config.instance_type = args.instance_type;
+    config.instances = args.instances;
     if let Some(p) = &args.policy {
         config.policy = read_policy(p)?;
     } else if config.policy.instance_ladder.first() != Some(&config.instance_type) {

@@ -265,3 +265,79 @@ fn a_pytorch_demo_job_recovers_through_every_path_to_the_uninterrupted_weights()
     }
     assert_eq!(logs, processes.len(), "{context}");
 }
+
+/// The same recovery paths for a two-instance PyTorch job (`--instances 2`): the example trains
+/// data-parallel over gloo, one process per host; a reclaim of the job's capacity interrupts
+/// both hosts, SageMaker restarts both, each resumes from its rank's checkpoint of the newest
+/// step both completed (the job commit), and the control plane relaunches the job with the
+/// same instance count. Costs count both instances, and the final weights equal an
+/// uninterrupted two-rank run's byte for byte.
+#[test]
+fn a_two_instance_pytorch_demo_job_recovers_as_one_job_to_the_uninterrupted_weights() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = repo.join(".venv-torch/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run the suite with scripts/test-all.sh (scripts/python-tests.sh install makes it)",
+        python.display()
+    );
+    let script = repo.join("examples/pytorch/train.py");
+    let dir = tempfile::tempdir().unwrap();
+    let (report, stdout, workdir) = run_demo(
+        dir.path(),
+        PYTORCH_TRACE,
+        &[
+            "--framework".as_ref(),
+            "pytorch".as_ref(),
+            "--instances".as_ref(),
+            "2".as_ref(),
+            "--python".as_ref(),
+            python.as_os_str(),
+            "--script".as_ref(),
+            script.as_os_str(),
+        ],
+    );
+    let context = format!("report:\n{stdout}");
+    assert!(report["internal_restarts"].as_u64() >= Some(1), "{context}");
+    assert!(
+        report["relaunches_after_max_wait"].as_u64() >= Some(1),
+        "{context}"
+    );
+    let jobs = report["jobs"].as_array().unwrap();
+    let last = jobs.last().unwrap();
+    assert_eq!(last["outcome"], "Completed/Completed", "{context}");
+    for job in jobs {
+        assert_eq!(
+            job["hosts"], 2,
+            "every relaunch keeps the instance count; {context}"
+        );
+        if let Some(savings) = job["savings"].as_object() {
+            assert_eq!(savings["instance_count"], 2, "{context}");
+        }
+    }
+    let processes = report["processes"].as_array().unwrap();
+    assert!(processes.len() >= 3, "{context}");
+    for p in &processes[1..] {
+        assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
+    }
+    assert_eq!(report["weights_match"], true, "{context}");
+    // The lineage's checkpoint prefix in S3 (the embedded S3 keeps objects as files) holds
+    // both ranks' checkpoints and the job commits; its newest complete step is the run's last.
+    // (One host's disk cannot show that: it has the other rank's checkpoints only as they
+    // were downloaded at its start.)
+    let final_step = processes.last().unwrap()["last_step"].as_u64().unwrap();
+    let prefix = workdir
+        .join("service/s3/spotcheck-demo/checkpoints")
+        .join(jobs[0]["name"].as_str().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_spotcheck"))
+        .arg("validate")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["job"]["latest_complete_step"].as_u64(),
+        Some(final_step),
+        "{v}"
+    );
+}

@@ -86,6 +86,9 @@ pub struct DemoConfig {
     pub policy: Policy,
     /// The first job's instance type.
     pub instance_type: String,
+    /// Instances per job (SageMaker's `InstanceCount`): more than one trains data-parallel
+    /// (the PyTorch example over gloo; the Rust trainer is single-host).
+    pub instances: u32,
     /// Simulated hours the reference run's wall time maps to.
     pub simulated_hours: f64,
     /// Probability that an outage outlasts MaxWaitTimeInSeconds.
@@ -122,6 +125,7 @@ impl DemoConfig {
                 ..Policy::default()
             },
             instance_type: "ml.g4dn.xlarge".into(),
+            instances: 1,
             simulated_hours: 4.0,
             long_outage_probability: 0.2,
             reclaim_warning_probability: 0.5,
@@ -187,6 +191,9 @@ pub enum DemoError {
     /// A prerequisite is missing.
     #[error("{0}")]
     Missing(String),
+    /// The settings do not make a demo (e.g. several instances of the single-host trainer).
+    #[error("{0}")]
+    Config(String),
     /// The reference run failed.
     #[error("the reference run failed: {0}")]
     Reference(String),
@@ -245,6 +252,9 @@ pub fn check_data(data: &Path) -> Result<(), DemoError> {
     )))
 }
 
+/// Most instances a demo job may have (the local service's limit).
+pub const MAX_INSTANCES: u32 = 8;
+
 /// The programs the demo starts exist, or exactly what to do.
 fn check_programs(config: &DemoConfig) -> Result<(), DemoError> {
     let missing = |what: &str, path: &Path, how: &str| {
@@ -253,6 +263,18 @@ fn check_programs(config: &DemoConfig) -> Result<(), DemoError> {
             path.display()
         )))
     };
+    if !(1..=MAX_INSTANCES).contains(&config.instances) {
+        return Err(DemoError::Config(format!(
+            "instances must be 1 to {MAX_INSTANCES}, not {}",
+            config.instances
+        )));
+    }
+    if config.instances > 1 && matches!(config.framework, Framework::Rust) {
+        return Err(DemoError::Config(
+            "the Rust trainer is single-host: run more than one instance with --framework pytorch"
+                .into(),
+        ));
+    }
     match &config.framework {
         Framework::Rust if !config.trainer.is_file() => missing(
             "the trainer",
@@ -287,6 +309,8 @@ fn last_step(log: &Path) -> Option<u64> {
 }
 
 /// Runs the trainer outside the service (the uninterrupted reference); returns its wall time.
+/// With several instances, one process per rank on loopback (as `torchrun` on one machine
+/// would start them), sharing the checkpoint and model folders; rank 0 logs to `train.log`.
 async fn reference_run(
     config: &DemoConfig,
     hp: &BTreeMap<String, String>,
@@ -297,63 +321,92 @@ async fn reference_run(
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
     std::fs::create_dir_all(dir.join("opt/ml/output")).map_err(io(dir))?;
-    let log = dir.join("train.log");
-    let out = std::fs::File::create(&log).map_err(io(&log))?;
-    let err = out.try_clone().map_err(io(&log))?;
-    let (program, mut cmd) = match &config.framework {
-        Framework::Rust => {
-            let mut cmd = tokio::process::Command::new(&config.trainer);
-            for (k, v) in hp {
-                cmd.arg("--hp").arg(format!("{k}={v}"));
-            }
-            (&config.trainer, cmd)
-        }
+    let program = match &config.framework {
+        Framework::Rust => &config.trainer,
         Framework::PyTorch(job) => {
             // The script reads its hyperparameters where SageMaker puts them.
             let file = dir.join("opt/ml/input/config/hyperparameters.json");
             std::fs::create_dir_all(dir.join("opt/ml/input/config")).map_err(io(dir))?;
             std::fs::write(&file, serde_json::to_vec(hp).unwrap_or_default()).map_err(io(&file))?;
-            let mut cmd = tokio::process::Command::new(&job.python);
-            cmd.arg(&job.script);
-            (&job.python, cmd)
+            &job.python
         }
     };
-    cmd.arg("--data")
-        .arg(&config.data)
-        .arg("--checkpoint-dir")
-        .arg(dir.join("checkpoints"))
-        .arg("--model-dir")
-        .arg(dir.join("model"))
-        .env("SPOTCHECK_OPT_ML", dir.join("opt/ml"))
-        .env("SPOTCHECK_IMDS", "off")
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true);
+    let port = free_port().map_err(io(dir))?;
+    let log = dir.join("train.log");
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| DemoError::Reference(format!("cannot start {}: {e}", program.display())))?;
-    let status = loop {
-        tokio::select! {
-            s = child.wait() => break s,
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {
-                if let Some(step) = last_step(&log) {
-                    progress(&format!("  reference run: step {step}/{}", config.max_steps));
+    let mut children = Vec::new();
+    for rank in 0..config.instances {
+        let log = if rank == 0 {
+            log.clone()
+        } else {
+            dir.join(format!("train-{rank}.log"))
+        };
+        let out = std::fs::File::create(&log).map_err(io(&log))?;
+        let err = out.try_clone().map_err(io(&log))?;
+        let mut cmd = tokio::process::Command::new(program);
+        match &config.framework {
+            Framework::Rust => {
+                for (k, v) in hp {
+                    cmd.arg("--hp").arg(format!("{k}={v}"));
                 }
             }
+            Framework::PyTorch(job) => {
+                cmd.arg(&job.script);
+            }
         }
-    };
-    let status = status.map_err(|e| DemoError::Reference(e.to_string()))?;
-    if !status.success() {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-        return Err(DemoError::Reference(format!(
-            "exit {status}; last log lines: {}",
-            tail.join(" | ")
-        )));
+        if config.instances > 1 {
+            cmd.env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", config.instances.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string());
+        }
+        cmd.arg("--data")
+            .arg(&config.data)
+            .arg("--checkpoint-dir")
+            .arg(dir.join("checkpoints"))
+            .arg("--model-dir")
+            .arg(dir.join("model"))
+            .env("SPOTCHECK_OPT_ML", dir.join("opt/ml"))
+            .env("SPOTCHECK_IMDS", "off")
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| {
+            DemoError::Reference(format!("cannot start {}: {e}", program.display()))
+        })?;
+        children.push((child, log));
+    }
+    for (rank, (mut child, rank_log)) in children.into_iter().enumerate() {
+        let status = loop {
+            tokio::select! {
+                s = child.wait() => break s,
+                _ = tokio::time::sleep(Duration::from_secs(3)) => {
+                    if let Some(step) = last_step(&log) {
+                        progress(&format!("  reference run: step {step}/{}", config.max_steps));
+                    }
+                }
+            }
+        };
+        let status = status.map_err(|e| DemoError::Reference(e.to_string()))?;
+        if !status.success() {
+            let tail = std::fs::read_to_string(&rank_log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            return Err(DemoError::Reference(format!(
+                "rank {rank}: exit {status}; last log lines: {}",
+                tail.join(" | ")
+            )));
+        }
     }
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// A TCP port free on loopback now (for the reference ranks' rendezvous).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 fn describe_delivery(d: &Delivery, origin: i64) -> Option<String> {
@@ -534,7 +587,7 @@ pub async fn run(
         .resource_config(
             ResourceConfig::builder()
                 .instance_type(TrainingInstanceType::from(config.instance_type.as_str()))
-                .instance_count(1)
+                .instance_count(config.instances as i32)
                 .volume_size_in_gb(10)
                 .build(),
         )
@@ -654,7 +707,15 @@ pub async fn run(
     let mut processes = Vec::new();
     for j in &ordered {
         for n in &j.notes {
-            if let Note::ProcessStarted { instance, log, .. } = &n.note {
+            if let Note::ProcessStarted {
+                instance,
+                log,
+                host,
+            } = &n.note
+            {
+                if host != crate::report::LEAD_HOST {
+                    continue; // the ranks train in lockstep: rank 0's log is the job's
+                }
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 processes.push(parse_log(&j.name, *instance, &text));
             }

@@ -135,7 +135,9 @@ pub struct JobRow {
     pub interruptions: u32,
     /// Instances launched (1 + SageMaker-internal restarts, when it trained).
     pub instances: u32,
-    /// Checkpoints that reached S3.
+    /// Hosts per instance launch (`InstanceCount`).
+    pub hosts: u64,
+    /// Checkpoint steps that reached S3 (from every host).
     pub checkpoints_uploaded: usize,
     /// Simulated seconds from the lineage start: creation, end.
     pub span: (f64, f64),
@@ -212,6 +214,19 @@ pub struct Inputs<'a> {
     pub time_scale: f64,
 }
 
+/// The host whose process speaks for a job: the ranks of a multi-instance job train in
+/// lockstep, so rank 0's (`algo-1`, as the local service and SageMaker name it) progress,
+/// resumes and wall time are the job's.
+pub const LEAD_HOST: &str = "algo-1";
+
+/// A job's `ResourceConfig.InstanceCount` (1 when absent).
+fn hosts_of(j: &JobView) -> u64 {
+    j.describe["ResourceConfig"]["InstanceCount"]
+        .as_u64()
+        .unwrap_or(1)
+        .max(1)
+}
+
 fn secs(t: EpochMs, origin: EpochMs) -> f64 {
     (t - origin) as f64 / 1000.0
 }
@@ -238,6 +253,9 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             phases.push((secs(t.start, origin), secs(stop, origin), t.status.clone()));
         }
         let mut checkpoints = Vec::new();
+        // Each host's sync reports its own namespace: a step is in S3 once every host's is.
+        let hosts = hosts_of(j);
+        let mut uploaded_by: std::collections::BTreeMap<u64, u64> = Default::default();
         for n in &j.notes {
             let t = secs(n.at, origin);
             match &n.note {
@@ -251,11 +269,20 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
                     what: format!("{status}/{secondary}: {message}"),
                 }),
                 Note::CheckpointUploaded { step } => {
+                    let count = uploaded_by.entry(*step).or_default();
+                    *count += 1;
+                    if *count != hosts {
+                        continue;
+                    }
                     checkpoints.push((t, *step));
                     timeline.push(TimelineEntry {
                         t,
                         job: j.name.clone(),
-                        what: format!("checkpoint step {step} in S3"),
+                        what: if hosts > 1 {
+                            format!("checkpoint step {step} in S3 from all {hosts} hosts")
+                        } else {
+                            format!("checkpoint step {step} in S3")
+                        },
                     });
                 }
                 Note::ProcessExited { instance, code, .. } => timeline.push(TimelineEntry {
@@ -308,6 +335,7 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             outcome: format!("{}/{}", j.state.status, j.state.secondary),
             interruptions: j.state.interruptions,
             instances: j.state.instances,
+            hosts,
             checkpoints_uploaded: checkpoints.len(),
             span: (
                 secs(j.state.created, origin),
@@ -368,9 +396,9 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             let mut total = 0i64;
             let mut started: Option<EpochMs> = None;
             for n in &j.notes {
-                match n.note {
-                    Note::ProcessStarted { .. } => started = Some(n.at),
-                    Note::ProcessExited { .. } => {
+                match &n.note {
+                    Note::ProcessStarted { host, .. } if host == LEAD_HOST => started = Some(n.at),
+                    Note::ProcessExited { host, .. } if host == LEAD_HOST => {
                         if let Some(s) = started.take() {
                             total += n.at - s;
                         }
@@ -458,13 +486,22 @@ pub fn render_text(r: &Report) -> String {
     for j in &r.jobs {
         let _ = writeln!(
             o,
-            "  {:<36} {:<15} {:<9} {:<32} interruptions {}  instances {}  checkpoints in S3 {}",
+            "  {:<36} {:<15} {:<9} {:<32} interruptions {}  instances {}{}  checkpoints in S3 {}",
             j.name,
-            j.instance_type,
+            if j.hosts > 1 {
+                format!("{} ×{}", j.instance_type, j.hosts)
+            } else {
+                j.instance_type.clone()
+            },
             if j.spot { "spot" } else { "on-demand" },
             j.outcome,
             j.interruptions,
             j.instances,
+            if j.hosts > 1 {
+                format!(" (of {} hosts each)", j.hosts)
+            } else {
+                String::new()
+            },
             j.checkpoints_uploaded
         );
     }
