@@ -33,6 +33,25 @@ def mtbf(expected_per_hour: float, restarts: int, run_seconds: float) -> Optiona
     return 3600.0 / rate if rate > 0 else None
 
 
+#: The share of training time the ranks' agreement (multi-process jobs) may take.
+AGREEMENT_SHARE = 0.01
+#: The longest the ranks go between agreements: a stop request reaches every rank within it.
+AGREEMENT_MAX_SECONDS = 1.0
+
+
+def agreement_gap(cost: float, step_seconds: float) -> int:
+    """How many step boundaries a multi-process job's ranks let pass between two agreements
+    (each ``cost`` seconds, a step every ``step_seconds``): enough that agreeing takes at most
+    :data:`AGREEMENT_SHARE` of training time, few enough that the ranks agree at least every
+    :data:`AGREEMENT_MAX_SECONDS`. 0: agree at every boundary."""
+    if not (cost > 0.0 and step_seconds > 0.0):
+        return 0
+    eps = 1e-9  # ratios that are whole numbers must not round up or down by a float's error
+    by_share = math.ceil(cost / (AGREEMENT_SHARE * step_seconds) - eps) - 1
+    by_latency = math.floor(AGREEMENT_MAX_SECONDS / step_seconds + eps) - 1
+    return max(0, min(by_share, by_latency))
+
+
 class Schedule:
     """Decides, at step boundaries, whether a periodic checkpoint is due.
 

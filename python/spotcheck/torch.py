@@ -277,6 +277,11 @@ class Checkpointer:
         self._committed_step = -1
         self._agreed = (False, False, False)
         self._unread: set = set()
+        # Pacing of the agreement: boundaries left to skip, its cost, the step time (EMAs).
+        self._skip = 0
+        self._agree_cost = 0.0
+        self._step_seconds = 0.0
+        self._last_boundary: Optional[float] = None
         self.keep = keep
         self.verify = verify
         self.synced = _paths.checkpoint_synced(self.directory) if synced is None else synced
@@ -356,20 +361,36 @@ class Checkpointer:
         return self._schedule.due(now, step, busy)
 
     def _agree(self) -> None:
-        """One collective per step in a multi-process job: whether any rank must stop, whether
-        any rank's schedule (time-based, or a rebalance) wants a save and whether any rank's
-        save is still in flight; and, when every rank holds the same newest durable step,
-        that step's job commit."""
+        """At a step boundary of a multi-process job, one small all-reduce: whether any rank
+        must stop, whether any rank's schedule (time-based, or a rebalance) wants a save,
+        whether any rank's save is still in flight, and how many boundaries to skip before
+        the next agreement (at most 1% of training time, at least once a second:
+        :func:`_interval.agreement_gap`); and, when every rank holds the same newest durable
+        step, that step's job commit. Skipped boundaries keep the last answers, with no save."""
         assert self._group is not None
+        now = time.monotonic()
+        if self._last_boundary is not None:
+            dt = now - self._last_boundary
+            self._step_seconds = dt if not self._step_seconds else 0.9 * self._step_seconds + 0.1 * dt
+        self._last_boundary = now
+        self._unread = {"stop", "due"}
+        if self._skip > 0:
+            self._skip -= 1
+            self._agreed = (self._agreed[0], False, self._agreed[2])
+            return
         self._collect()
         busy = self._persister.busy()
-        want = self._stop.rebalance_pending() or self._schedule.due(time.monotonic(), None, busy)
+        want = self._stop.rebalance_pending() or self._schedule.due(now, None, busy)
         durable = -1 if self._durable_step is None else self._durable_step
-        stop, want_any, busy_any, newest, neg_oldest = self._group.max(
-            [int(self._stop.should_stop()), int(want), int(busy), durable, -durable]
+        gap = _interval.agreement_gap(self._agree_cost, self._step_seconds)
+        t0 = time.monotonic()
+        stop, want_any, busy_any, newest, neg_oldest, neg_gap = self._group.max(
+            [int(self._stop.should_stop()), int(want), int(busy), durable, -durable, -gap]
         )
+        took = time.monotonic() - t0
+        self._agree_cost = took if not self._agree_cost else 0.9 * self._agree_cost + 0.1 * took
         self._agreed = (bool(stop), bool(want_any), bool(busy_any))
-        self._unread = {"stop", "due"}
+        self._skip = -neg_gap
         self._maybe_commit(newest, -neg_oldest)
 
     def _maybe_commit(self, newest: int, oldest: int) -> None:

@@ -175,3 +175,15 @@ def test_multi_process_jobs_get_one_namespace_per_rank():
     assert _paths.namespace(one, lambda p: None) == "algo-2"
     assert _paths.ranks({}) == (0, 1, 0)
     assert _paths.ranks({"WORLD_SIZE": "x", "RANK": "7"}) == (0, 1, 0)
+
+
+def test_the_ranks_agree_often_enough_to_stop_within_a_second_and_cheaply_enough():
+    gap = _interval.agreement_gap
+    assert gap(0.0, 0.005) == 0 and gap(0.001, 0.0) == 0, "nothing measured yet: every boundary"
+    # A 1.2 ms agreement over 5 ms steps: every 24th boundary keeps it at 1% of the time.
+    assert gap(0.0012, 0.005) == 23
+    # Over 1 ms steps the one-second bound wins.
+    assert gap(0.0012, 0.001) == 119
+    assert gap(0.002, 0.001) == 199
+    # Steps of a second or more: every boundary.
+    assert gap(0.0012, 1.0) == 0 and gap(0.0012, 3.0) == 0
