@@ -271,7 +271,10 @@ fn a_pytorch_demo_job_recovers_through_every_path_to_the_uninterrupted_weights()
 /// both hosts, SageMaker restarts both, each resumes from its rank's checkpoint of the newest
 /// step both completed (the job commit), and the control plane relaunches the job with the
 /// same instance count. Costs count both instances, and the final weights equal an
-/// uninterrupted two-rank run's byte for byte.
+/// uninterrupted two-rank run's byte for byte. 9000 steps, not the default 6000: two processes
+/// start slower than one (both import torch and meet over gloo at once on 2 cores), and a
+/// longer run keeps that start-up a smaller share of the calibrated four hours, so that the
+/// restarted hosts are training when the long outage begins.
 #[test]
 fn a_two_instance_pytorch_demo_job_recovers_as_one_job_to_the_uninterrupted_weights() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -291,6 +294,8 @@ fn a_two_instance_pytorch_demo_job_recovers_as_one_job_to_the_uninterrupted_weig
             "pytorch".as_ref(),
             "--instances".as_ref(),
             "2".as_ref(),
+            "--steps".as_ref(),
+            "9000".as_ref(),
             "--python".as_ref(),
             python.as_os_str(),
             "--script".as_ref(),
@@ -315,11 +320,19 @@ fn a_two_instance_pytorch_demo_job_recovers_as_one_job_to_the_uninterrupted_weig
             assert_eq!(savings["instance_count"], 2, "{context}");
         }
     }
+    // Every later process of rank 0's host that trained resumed from a complete step. (One the
+    // reclaim caught still starting up — two torch imports and a gloo rendezvous, compressed
+    // by the time scale — never trained and has nothing to resume.)
     let processes = report["processes"].as_array().unwrap();
     assert!(processes.len() >= 3, "{context}");
+    let mut resumed = 0;
     for p in &processes[1..] {
-        assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
+        if p["last_step"].as_u64() > Some(0) || !p["resumed_from"].is_null() {
+            assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
+            resumed += 1;
+        }
     }
+    assert!(resumed >= 1, "{context}");
     assert_eq!(report["weights_match"], true, "{context}");
     // The lineage's checkpoint prefix in S3 (the embedded S3 keeps objects as files) holds
     // both ranks' checkpoints and the job commits; its newest complete step is the run's last.
