@@ -278,7 +278,7 @@ class Checkpointer:
         self._agreed = (False, False, False)
         self._unread: set = set()
         # Pacing of the agreement: boundaries left to skip, its cost, the step time (EMAs).
-        self._skip = 0
+        self._agree_skip = 0
         self._agree_cost = 0.0
         self._step_seconds = 0.0
         self._last_boundary: Optional[float] = None
@@ -374,8 +374,8 @@ class Checkpointer:
             self._step_seconds = dt if not self._step_seconds else 0.9 * self._step_seconds + 0.1 * dt
         self._last_boundary = now
         self._unread = {"stop", "due"}
-        if self._skip > 0:
-            self._skip -= 1
+        if self._agree_skip > 0:
+            self._agree_skip -= 1
             self._agreed = (self._agreed[0], False, self._agreed[2])
             return
         self._collect()
@@ -390,7 +390,7 @@ class Checkpointer:
         took = time.monotonic() - t0
         self._agree_cost = took if not self._agree_cost else 0.9 * self._agree_cost + 0.1 * took
         self._agreed = (bool(stop), bool(want_any), bool(busy_any))
-        self._skip = -neg_gap
+        self._agree_skip = -neg_gap
         self._maybe_commit(newest, -neg_oldest)
 
     def _maybe_commit(self, newest: int, oldest: int) -> None:
