@@ -174,6 +174,28 @@ fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
     );
 }
 
+/// [`run_demo`] of the PyTorch example under the pinned venv, with [`PYTORCH_TRACE`] and `args`.
+fn run_pytorch_demo(dir: &Path, args: &[&str]) -> (Value, String, PathBuf) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = repo.join(".venv-torch/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run the suite with scripts/test-all.sh (scripts/python-tests.sh install makes it)",
+        python.display()
+    );
+    let script = repo.join("examples/pytorch/train.py");
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        "--framework".as_ref(),
+        "pytorch".as_ref(),
+        "--python".as_ref(),
+        python.as_os_str(),
+        "--script".as_ref(),
+        script.as_os_str(),
+    ];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    run_demo(dir, PYTORCH_TRACE, &all)
+}
+
 /// The recovery paths of [`TRACE`] for the PyTorch job. A Python process spends ~13–15 s (~5 s
 /// of it importing torch) before its first step, a quarter to a third of the reference's wall
 /// time (which the time scale maps to four simulated hours), and each process trains at its
@@ -195,27 +217,8 @@ const PYTORCH_TRACE: &str = r#"{"outages": [
 /// for byte.
 #[test]
 fn a_pytorch_demo_job_recovers_through_every_path_to_the_uninterrupted_weights() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let python = repo.join(".venv-torch/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run the suite with scripts/test-all.sh (scripts/python-tests.sh install makes it)",
-        python.display()
-    );
-    let script = repo.join("examples/pytorch/train.py");
     let dir = tempfile::tempdir().unwrap();
-    let (report, stdout, workdir) = run_demo(
-        dir.path(),
-        PYTORCH_TRACE,
-        &[
-            "--framework".as_ref(),
-            "pytorch".as_ref(),
-            "--python".as_ref(),
-            python.as_os_str(),
-            "--script".as_ref(),
-            script.as_os_str(),
-        ],
-    );
+    let (report, stdout, workdir) = run_pytorch_demo(dir.path(), &[]);
     let context = format!("report:\n{stdout}");
     assert!(report["internal_restarts"].as_u64() >= Some(1), "{context}");
     assert!(
@@ -277,31 +280,9 @@ fn a_pytorch_demo_job_recovers_through_every_path_to_the_uninterrupted_weights()
 /// restarted hosts are training when the long outage begins.
 #[test]
 fn a_two_instance_pytorch_demo_job_recovers_as_one_job_to_the_uninterrupted_weights() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let python = repo.join(".venv-torch/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run the suite with scripts/test-all.sh (scripts/python-tests.sh install makes it)",
-        python.display()
-    );
-    let script = repo.join("examples/pytorch/train.py");
     let dir = tempfile::tempdir().unwrap();
-    let (report, stdout, workdir) = run_demo(
-        dir.path(),
-        PYTORCH_TRACE,
-        &[
-            "--framework".as_ref(),
-            "pytorch".as_ref(),
-            "--instances".as_ref(),
-            "2".as_ref(),
-            "--steps".as_ref(),
-            "9000".as_ref(),
-            "--python".as_ref(),
-            python.as_os_str(),
-            "--script".as_ref(),
-            script.as_os_str(),
-        ],
-    );
+    let (report, stdout, workdir) =
+        run_pytorch_demo(dir.path(), &["--instances", "2", "--steps", "9000"]);
     let context = format!("report:\n{stdout}");
     assert!(report["internal_restarts"].as_u64() >= Some(1), "{context}");
     assert!(

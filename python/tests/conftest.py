@@ -101,3 +101,19 @@ def read_lines_until(proc: subprocess.Popen, predicate, seen: Optional[List[str]
         if predicate(line):
             return line
     raise AssertionError(f"the process ended (code {proc.wait()}) before the expected line; saw {seen[-20:] if seen else '?'}")
+
+
+def nth_line(prefix: str, skip: int):
+    """A ``read_lines_until`` predicate: true at the ``skip + 1``-th line starting with
+    ``prefix``, or at the run's ``done`` line (which the caller treats as too late)."""
+    counted = [0]
+
+    def wanted(line: str) -> bool:
+        if line.startswith("done "):
+            return True
+        if line.startswith(prefix):
+            counted[0] += 1
+            return counted[0] > skip
+        return False
+
+    return wanted

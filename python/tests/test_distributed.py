@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import List
 
-from conftest import child_env, example_args, python, read_lines_until, validate
+from conftest import child_env, example_args, nth_line, python, read_lines_until, validate
 
 WORLD = 2
 KILLS = 6
@@ -103,17 +103,7 @@ def test_two_ranks_killed_at_random_moments_resume_together_byte_identical(tmp_p
         victim = rng.randrange(WORLD)
         target = "saving " if rng.random() < 0.5 else "step "
         skip = rng.randint(0, 2 if target == "saving " else 30)
-        counted = [0]
-
-        def wanted(line: str) -> bool:
-            if line.startswith("done "):
-                return True
-            if line.startswith(target):
-                counted[0] += 1
-                return counted[0] > skip
-            return False
-
-        line = read_lines_until(procs[victim], wanted)
+        line = read_lines_until(procs[victim], nth_line(target, skip))
         assert not line.startswith("done "), f"the run finished before kill {kill + 1}; lengthen it"
         # One host is reclaimed without warning; SageMaker then restarts every host of the job.
         procs[victim].kill()

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import pytest
 
-from conftest import child_env, example_args, python, read_lines_until, spotcheck_bin, validate
+from conftest import child_env, example_args, nth_line, python, read_lines_until, spotcheck_bin, validate
 
 NS = "algo-1"
 KILLS = 20
@@ -75,17 +75,7 @@ def test_sigkill_at_random_moments_then_resume_ends_byte_identical(tmp_path):
         else:
             target, what, skip = "step ", "a training step", rng.randint(0, 40)
             delay = rng.uniform(0.0, 0.02)
-        counted = [0]
-
-        def wanted(line: str) -> bool:
-            if line.startswith("done "):
-                return True
-            if line.startswith(target):
-                counted[0] += 1
-                return counted[0] > skip
-            return False
-
-        line = read_lines_until(proc, wanted, seen)
+        line = read_lines_until(proc, nth_line(target, skip), seen)
         assert not line.startswith("done "), f"the run finished before kill {kills + 1}; lengthen it"
         time.sleep(delay)  # the random moment, after the aimed-at event
         proc.kill()

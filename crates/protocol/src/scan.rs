@@ -9,6 +9,7 @@
 //! listing and every path read from a manifest are never followed through a link (a link
 //! inside a checkpoint makes it corrupt).
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -17,8 +18,8 @@ use serde::{Serialize, Serializer};
 
 use crate::digest::{digest_parallel, hash_reader};
 use crate::job::{
-    commit_file_name, judge_step, manifest_digest, read_commits, JobCommit, ParticipantCheck,
-    StepVerdict,
+    commit_file_name, judge_step, manifest_digest, read_commits, CommitError, JobCommit,
+    ParticipantCheck, StepVerdict,
 };
 use crate::layout::{check_namespace, parse_step_dir_name, Location, PathProblem, MANIFEST_FILE};
 use crate::manifest::{FileEntry, Manifest, MAX_MANIFEST_BYTES};
@@ -285,15 +286,20 @@ pub fn validate_root_with(
     })
 }
 
+/// [`read_commits`] with its I/O error as a [`ReadError`] naming `root`.
+fn commits_in(root: &Path) -> Result<BTreeMap<u64, Result<JobCommit, CommitError>>, ReadError> {
+    read_commits(root).map_err(|source| ReadError::Io {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
 /// The job-level view of `root` from the verdicts already reached, or `None` without commits.
 fn job_report(
     root: &Path,
     checkpoints: &[CheckpointReport],
 ) -> Result<Option<JobReport>, ReadError> {
-    let commits = read_commits(root).map_err(|source| ReadError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let commits = commits_in(root)?;
     if commits.is_empty() {
         return Ok(None);
     }
@@ -381,10 +387,7 @@ pub fn open_latest_complete(
     namespace: &str,
 ) -> Result<Option<ValidCheckpoint>, ReadError> {
     let root = root.as_ref();
-    let commits = read_commits(root).map_err(|source| ReadError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let commits = commits_in(root)?;
     if commits.is_empty() {
         return open_latest_valid(root, namespace);
     }
@@ -409,10 +412,7 @@ pub fn complete_steps(
         namespace: namespace.to_owned(),
         problem,
     })?;
-    let commits = read_commits(root).map_err(|source| ReadError::Io {
-        path: root.to_path_buf(),
-        source,
-    })?;
+    let commits = commits_in(root)?;
     if commits.is_empty() {
         return Ok(None);
     }
