@@ -1,8 +1,9 @@
-"""The PyTorch twin of spotcheck's trainer, for the GPU throughput comparison in bench/gpu.sh.
+"""The PyTorch twin of spotcheck's trainer, for the throughput comparisons in bench/cpu.sh and
+bench/gpu.sh.
 
 Same architecture (3x3 same-padded conv + ReLU + 2x2 max-pool blocks, channels doubling, a
 hidden dense layer, a linear head), same optimizer (AdamW), same synthetic data shape, and the
-same input path: each batch is gathered on the host and copied to the GPU, as our trainer does.
+same input path: each batch is gathered on the host (and copied to the GPU), as our trainer does.
 Prints one JSON line with images/s.
 """
 import argparse
@@ -34,8 +35,13 @@ def main():
     for name, default in [("channels", 3), ("size", 64), ("depth", 3), ("width", 64), ("hidden", 512),
                           ("classes", 1000), ("batch", 256), ("samples", 16384), ("steps", 300), ("warmup", 20)]:
         p.add_argument("--" + name, type=int, default=default)
+    p.add_argument("--device", default="cuda", help="cuda or cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     a = p.parse_args()
-    dev = torch.device("cuda")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     model = build(a.channels, a.size, a.depth, a.width, a.hidden, a.classes).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -56,15 +62,16 @@ def main():
 
     for i in range(a.warmup):
         step(i)
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for i in range(a.steps):
         loss = step(i)
     loss.item()
-    torch.cuda.synchronize()
+    sync()
     dt = time.perf_counter() - t0
     print(json.dumps({"framework": "pytorch " + torch.__version__, "images_per_second": a.steps * a.batch / dt,
-                      "steps": a.steps, "seconds": dt, "device": torch.cuda.get_device_name(0)}))
+                      "steps": a.steps, "seconds": dt, "threads": torch.get_num_threads(),
+                      "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@
 #   scripts/python-tools.sh torch     .venv-torch   PyTorch (CPU use of PyPI's build), torchdata,
 #                                                   safetensors, pytest, maturin: the Python
 #                                                   package's tests and benchmark (torch.lock.txt)
-#   scripts/python-tools.sh all       all of the above
+#   scripts/python-tools.sh libtorch  .venv-libtorch PyTorch 2.9.0, the libtorch the trainer's `tch`
+#                                                   feature builds against, and the CPU
+#                                                   benchmark's PyTorch twin (libtorch.lock.txt)
+#   scripts/python-tools.sh all       check and deploy
 #   scripts/python-tools.sh uv        only bootstraps uv; prints its path
 #
 # Needs python3.11 (override with PYTHON=...) and PyPI. Regenerate a lock after editing its .in:
@@ -62,6 +65,9 @@ case "$target" in
     torch)
         ensure_venv .venv-torch "$REQ/torch.lock.txt"
         ;;
+    libtorch)
+        ensure_venv .venv-libtorch "$REQ/libtorch.lock.txt"
+        ;;
     all)
         ensure_venv .venv-tools "$REQ/tools.lock.txt"
         ensure_venv .venv-checkov "$REQ/checkov.lock.txt"
@@ -71,7 +77,7 @@ case "$target" in
         echo "$PWD/.venv-uv/bin/uv"
         ;;
     *)
-        log "usage: $0 [check|deploy|torch|all|uv]"
+        log "usage: $0 [check|deploy|torch|libtorch|all|uv]"
         exit 2
         ;;
 esac

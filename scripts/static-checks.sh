@@ -56,9 +56,9 @@ step "checkov infra/Dockerfile.pytorch" "${CHECKOV[@]}" -f infra/Dockerfile.pyto
 step "hadolint infra/Dockerfile" "$TOOLS/hadolint" infra/Dockerfile
 step "hadolint infra/Dockerfile.pytorch" "$TOOLS/hadolint" infra/Dockerfile.pytorch
 step "shellcheck" "$TOOLS/shellcheck" scripts/python-tools.sh scripts/static-checks.sh scripts/emulators.sh \
-    scripts/fuzz-soak.sh scripts/python-tests.sh
+    scripts/fuzz-soak.sh scripts/python-tests.sh scripts/trainer-tch.sh bench/cpu.sh bench/gpu.sh
 step "python syntax" "$TOOLS/python" -c 'import ast, sys; [ast.parse(open(p).read(), p) for p in sys.argv[1:]]' infra/tools/sam_transform.py \
-    infra/tools/check_template.py scripts/emulators-smoke.py
+    infra/tools/check_template.py scripts/emulators-smoke.py bench/cpu.py bench/torch_ref.py
 
 echo
 if ((${#failed[@]})); then

@@ -41,6 +41,13 @@ bash scripts/python-tests.sh install
 step "cargo test (unit, integration, replay)"
 cargo test --workspace --locked
 
+# The libtorch backend needs PyTorch 2.9.0 at build time, so it is its own step (the default
+# build, the demo and every test above need no libtorch).
+step "the trainer on libtorch (--features tch): lints, and the exact-resume tests on it"
+bash scripts/trainer-tch.sh clippy
+# The bit-exactness tests (the rest of resume.rs is backend-independent and ran above).
+bash scripts/trainer-tch.sh test --test resume -- byte_identical uninterrupted_result sigterm compute
+
 step "Python package tests (pytest against real PyTorch)"
 bash scripts/python-tests.sh test
 

@@ -86,7 +86,7 @@ spec! {
     "checkpoint_adaptive", "bool", "true", "Also checkpoint at the Young/Daly interval from the measured checkpoint cost.";
     "interruptions_per_hour", "f64", "0.5", "Expected interruption rate, for the adaptive interval (observed restarts raise it).";
     "keep_checkpoints", "usize", "3", "Valid checkpoints kept per host (the newest is never deleted).";
-    "backend", "auto|cpu|cuda", "auto", "Compute backend; auto uses CUDA when a driver and the cuda build are present.";
+    "backend", "auto|cpu|cuda|torch", "auto", "Compute backend; auto uses libtorch in a tch build, else CUDA when a driver and the cuda build are present, else the pure-Rust CPU backend.";
     "log_every_steps", "u64", "50", "Steps between log lines when not at a terminal.";
     "eval_batch_size", "usize", "512", "Images per batch when evaluating.";
 }
@@ -129,12 +129,15 @@ pub enum DatasetKind {
 /// Compute backend request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// CUDA when available, else CPU.
+    /// libtorch in a `tch` build, else CUDA when available, else CPU.
     Auto,
-    /// CPU (deterministic).
+    /// The pure-Rust CPU backend (deterministic).
     Cpu,
-    /// CUDA; an error when unavailable.
+    /// burn's CUDA backend; an error when unavailable.
     Cuda,
+    /// libtorch (PyTorch's kernels) on GPU 0 when CUDA is usable, else on the CPU; an error in a
+    /// build without the `tch` feature.
+    Torch,
 }
 
 /// The typed hyperparameters.
@@ -337,6 +340,7 @@ impl Hyperparameters {
                     ("auto", BackendKind::Auto),
                     ("cpu", BackendKind::Cpu),
                     ("cuda", BackendKind::Cuda),
+                    ("torch", BackendKind::Torch),
                 ],
             )?,
             log_every_steps: r.positive("log_every_steps")? as u64,

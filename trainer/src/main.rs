@@ -118,34 +118,89 @@ fn run(args: Args) -> Result<Outcome> {
         notices::spawn_imds_poller(endpoint, flags.clone(), every)
             .context("starting the spot-notice poller")?;
     }
-    let chosen = backend::choose(
-        hp.backend,
-        backend::CUDA_BUILT,
-        backend::CUDA_BUILT && backend::cuda_driver_present(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    tracing::info!(event = "start", backend = ?chosen, host = %paths.host, data = %paths.data.display(), checkpoint_dir = %paths.checkpoint_dir.display(), model_dir = %paths.model_dir.display());
-    let run = Run {
+    let driver = backend::BUILT.cuda && backend::cuda_driver_present();
+    let chosen = backend::choose(hp.backend, backend::BUILT, driver).map_err(anyhow::Error::msg)?;
+    let mut run = Run {
         hp,
         hp_text,
         paths,
         flags,
         checkpoint_s3_uri: args.checkpoint_s3_uri.clone(),
+        compute: backend::Compute {
+            backend: String::new(),
+            device: String::new(),
+            threads: 0,
+            cpu_features: backend::cpu_features(),
+        },
     };
     match chosen {
         Chosen::Cpu => {
+            run.compute.backend = "cpu".into();
+            run.compute.device = "cpu".into();
+            run.compute.threads = rayon_threads();
+            start(&run);
             train::run::<burn::backend::Autodiff<burn::backend::Flex>>(&run, Default::default())
         }
         #[cfg(feature = "cuda")]
         Chosen::Cuda => {
+            run.compute.backend = "cuda".into();
+            run.compute.device = "cuda:0".into();
+            run.compute.threads = 1;
+            start(&run);
             train::run::<burn::backend::Autodiff<burn::backend::Cuda>>(&run, Default::default())
         }
         #[cfg(not(feature = "cuda"))]
         Chosen::Cuda => anyhow::bail!("CUDA backend not built"),
+        #[cfg(feature = "tch")]
+        Chosen::Torch => {
+            use burn::backend::libtorch::{LibTorch, LibTorchDevice};
+            let cuda = tch::Cuda::is_available();
+            let device = if cuda {
+                LibTorchDevice::Cuda(0)
+            } else {
+                LibTorchDevice::Cpu
+            };
+            run.compute.backend = "torch".into();
+            run.compute.device = if cuda { "cuda:0" } else { "cpu" }.into();
+            run.compute.threads = usize::try_from(tch::get_num_threads()).unwrap_or(0);
+            start(&run);
+            train::run::<burn::backend::Autodiff<LibTorch>>(&run, device)
+        }
+        #[cfg(not(feature = "tch"))]
+        Chosen::Torch => anyhow::bail!("libtorch backend not built"),
+    }
+}
+
+/// The thread count burn-flex's rayon pool will use.
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn start(run: &Run) {
+    let (c, p) = (&run.compute, &run.paths);
+    tracing::info!(event = "start", backend = %c.backend, device = %c.device, threads = c.threads, cpu_features = %c.cpu_features.join(" "), host = %p.host, data = %p.data.display(), checkpoint_dir = %p.checkpoint_dir.display(), model_dir = %p.model_dir.display());
+}
+
+/// Keeps freed tensor buffers in the process for reuse. Every training step allocates and frees
+/// the same few-megabyte activations and gradients; with glibc's defaults those go to `mmap`, or
+/// come back from a trimmed heap, so each step pays fresh page faults on them (~15% of a CPU
+/// step on libtorch here, docs/benchmarks.md). Checkpoint-sized buffers (over 32 MiB) are still
+/// mapped and returned.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let args = Args::parse();
     init_logging();
     let failure_file =

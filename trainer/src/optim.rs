@@ -167,34 +167,41 @@ impl<B: Backend> Optimizer<B> {
         let Some((_, slots)) = self.state.get_mut(name) else {
             return p;
         };
+        // The moments are taken out of the state while they are updated: a tensor with a single
+        // owner is updated in place by backends that can (libtorch), instead of into a new
+        // allocation per op.
+        let mut owned = std::mem::take(slots).into_iter();
         match c.kind {
             OptimizerKind::AdamW => {
+                let (Some(m), Some(v)) = (owned.next(), owned.next()) else {
+                    return p;
+                };
                 let p = p.mul_scalar(1.0 - lr * c.weight_decay);
-                let m = slots[0]
-                    .clone()
+                let m = m
                     .mul_scalar(c.beta1)
                     .add(g.clone().mul_scalar(1.0 - c.beta1));
-                let v = slots[1]
-                    .clone()
+                let v = v
                     .mul_scalar(c.beta2)
                     .add(g.clone().mul(g).mul_scalar(1.0 - c.beta2));
                 let bc1 = 1.0 - c.beta1.powi(t as i32);
                 let bc2 = 1.0 - c.beta2.powi(t as i32);
                 let denom = v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
                 let p = p.sub(m.clone().div(denom).mul_scalar(lr / bc1));
-                slots[0] = m;
-                slots[1] = v;
+                *slots = vec![m, v];
                 p
             }
             OptimizerKind::Sgd => {
+                let Some(buf) = owned.next() else {
+                    return p;
+                };
                 let g = if c.weight_decay > 0.0 {
                     g.add(p.clone().mul_scalar(c.weight_decay))
                 } else {
                     g
                 };
-                let buf = slots[0].clone().mul_scalar(c.momentum).add(g);
+                let buf = buf.mul_scalar(c.momentum).add(g);
                 let p = p.sub(buf.clone().mul_scalar(lr));
-                slots[0] = buf;
+                *slots = vec![buf];
                 p
             }
         }
@@ -203,7 +210,7 @@ impl<B: Backend> Optimizer<B> {
 
 struct Stepper<'a, AB: AutodiffBackend> {
     path: Vec<String>,
-    grads: &'a AB::Gradients,
+    grads: &'a mut AB::Gradients,
     optim: &'a mut Optimizer<AB::InnerBackend>,
     lr: f64,
 }
@@ -217,7 +224,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Stepper<'_, AB> {
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper) = param.consume();
-        let Some(grad) = tensor.grad(self.grads) else {
+        let Some(grad) = tensor.grad_remove(self.grads) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let dims = tensor.dims();
@@ -230,10 +237,11 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Stepper<'_, AB> {
     }
 }
 
-/// Applies one update to every parameter of `module` from `grads`, at learning rate `lr`.
+/// Applies one update to every parameter of `module` from `grads`, at learning rate `lr`. The
+/// gradients are taken out of `grads` (owned, they can be consumed in place).
 pub fn step<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     module: M,
-    grads: &AB::Gradients,
+    grads: &mut AB::Gradients,
     optim: &mut Optimizer<AB::InnerBackend>,
     lr: f64,
 ) -> M {
@@ -341,8 +349,8 @@ mod tests {
         let before = crate::params::collect::<AB, _>(&net);
         let mut o = Optimizer::<Flex>::new(cfg(OptimizerKind::AdamW), &shapes, &dev);
         let loss = net.forward(Tensor::ones([2, 1, 4, 4], &dev)).sum();
-        let grads = loss.backward();
-        let net = step(net, &grads, &mut o, 0.01);
+        let mut grads = loss.backward();
+        let net = step(net, &mut grads, &mut o, 0.01);
         let after = crate::params::collect::<AB, _>(&net);
         assert_eq!(o.updates, 1);
         for (b, a) in before.iter().zip(&after) {

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Compute;
 use crate::model::NetConfig;
 use crate::optim::OptimizerConfig;
 use crate::schedule::Schedule;
@@ -52,6 +53,9 @@ pub struct TrainerState {
     pub last_loss: Option<f64>,
     /// Digest of the hyperparameters the run started with.
     pub hyperparameters_sha256: String,
+    /// What computed the state (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub compute: Option<Compute>,
 }
 
 #[cfg(test)]
@@ -94,8 +98,19 @@ mod tests {
             train_seconds: 1.5,
             last_loss: None,
             hyperparameters_sha256: "x".into(),
+            compute: Some(Compute {
+                backend: "cpu".into(),
+                device: "cpu".into(),
+                threads: 2,
+                cpu_features: vec!["avx2".into()],
+            }),
         };
         let j = serde_json::to_vec(&s).unwrap();
         assert_eq!(serde_json::from_slice::<TrainerState>(&j).unwrap(), s);
+        // A state written before `compute` existed still reads.
+        let mut old: serde_json::Value = serde_json::from_slice(&j).unwrap();
+        old.as_object_mut().unwrap().remove("compute");
+        let back: TrainerState = serde_json::from_value(old).unwrap();
+        assert_eq!(back.compute, None);
     }
 }

@@ -14,6 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
+use crate::backend::{self, Compute};
 use crate::data::{self, Dataset, Split};
 use crate::hyper::Hyperparameters;
 use crate::interval::{self, Planner, Triggers, Why};
@@ -42,6 +43,8 @@ pub struct Run {
     pub flags: StopFlags,
     /// Where to mirror checkpoints when SageMaker does not sync them (`--checkpoint-s3-uri`).
     pub checkpoint_s3_uri: Option<String>,
+    /// What computes this run, recorded in every checkpoint.
+    pub compute: Compute,
 }
 
 /// How a run ended.
@@ -70,7 +73,13 @@ pub struct CheckpointStats {
     pub failures: u64,
 }
 
-fn fresh_state(hp: &Hyperparameters, cfg: NetConfig, total: u64, digest: String) -> TrainerState {
+fn fresh_state(
+    hp: &Hyperparameters,
+    cfg: NetConfig,
+    total: u64,
+    digest: String,
+    compute: Compute,
+) -> TrainerState {
     let schedule = Schedule {
         kind: hp.lr_schedule,
         peak: hp.learning_rate,
@@ -98,6 +107,7 @@ fn fresh_state(hp: &Hyperparameters, cfg: NetConfig, total: u64, digest: String)
         train_seconds: 0.0,
         last_loss: None,
         hyperparameters_sha256: digest,
+        compute: Some(compute),
     }
 }
 
@@ -340,6 +350,11 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
             if st.hyperparameters_sha256 != digest {
                 tracing::warn!(event = "hyperparameters_changed", checkpoint = %found.name, "hyperparameters differ from the run that wrote this checkpoint; continuing with the new ones (the result will not match an uninterrupted run)");
             }
+            let changes = backend::compute_changes(st.compute.as_ref(), &run.compute);
+            if !changes.is_empty() {
+                tracing::warn!(event = "compute_changed", checkpoint = %found.name, changes = %changes.join("; "), "this run computes differently from the one that wrote the checkpoint: training continues, but not bit-identically to an uninterrupted run");
+            }
+            st.compute = Some(run.compute.clone());
             let model = params::assign::<AB, _>(model, found.model, &device)
                 .context("restoring model weights")?;
             let optim =
@@ -356,7 +371,11 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
                 params::assign::<AB, _>(model, params::initial_values(&shapes, hp.seed), &device)?;
             let optim = Optimizer::new(OptimizerConfig::from_hyper(hp), &shapes, &device);
             tracing::info!(event = "fresh_start", checkpoint_dir = %ckpt_root.display(), "no valid checkpoint found: starting from step 0");
-            (model, optim, fresh_state(hp, cfg, total, digest))
+            (
+                model,
+                optim,
+                fresh_state(hp, cfg, total, digest, run.compute.clone()),
+            )
         }
     };
 
@@ -407,9 +426,9 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         let idx = sampler::batch(&order, state.position, hp.batch_size);
         let (x, y) = batch_tensors::<AB>(&train, idx, &device);
         let loss = loss_fn.forward(model.forward(x), y);
-        let grads = loss.backward();
+        let mut grads = loss.backward();
         let lr = state.schedule.rate(state.step);
-        model = optim::step(model, &grads, &mut optim, lr);
+        model = optim::step(model, &mut grads, &mut optim, lr);
         state.step += 1;
         state.position += idx.len();
         state.next_learning_rate = state.schedule.rate(state.step);

@@ -14,6 +14,14 @@ use rand_chacha::ChaCha8Rng;
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
+/// The backend under test: the pure-Rust CPU backend, or libtorch on the CPU in a `tch` build
+/// (scripts/trainer-tch.sh test), so that exact resume is proved on both.
+const BACKEND: &str = if cfg!(feature = "tch") {
+    "backend=torch"
+} else {
+    "backend=cpu"
+};
+
 /// A small synthetic task: 96 images of 8×8, 4 classes, batch 16 → 6 steps per epoch, 40 epochs
 /// (long enough that a signal sent at step 10 lands before the end even on a loaded machine).
 const HP: &[&str] = &[
@@ -32,7 +40,7 @@ const HP: &[&str] = &[
     "checkpoint_every_steps=1",
     "keep_checkpoints=2",
     "log_every_steps=1",
-    "backend=cpu",
+    BACKEND,
 ];
 const TOTAL_STEPS: u64 = 240;
 
@@ -284,7 +292,11 @@ fn newest_two(d: &Dirs) -> (PathBuf, PathBuf) {
 /// is on and exits 143, with every persist finished (no hyperparameter differs from the
 /// reference run but retention, so the math is the same).
 fn stop_early(d: &Dirs) {
-    let mut child = command(d, &["keep_checkpoints=30"], None).spawn().unwrap();
+    stop_early_with(command(d, &["keep_checkpoints=30"], None));
+}
+
+fn stop_early_with(mut cmd: Command) {
+    let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
@@ -301,6 +313,53 @@ fn stop_early(d: &Dirs) {
     }
     lines.for_each(drop);
     assert_eq!(child.wait().unwrap().code(), Some(143));
+}
+
+/// The kernels' thread count, for both backends' thread pools.
+fn with_threads(mut cmd: Command, n: usize) -> Command {
+    cmd.env("RAYON_NUM_THREADS", n.to_string())
+        .env("OMP_NUM_THREADS", n.to_string());
+    cmd
+}
+
+fn newest_compute(d: &Dirs) -> serde_json::Value {
+    let (newest, _) = newest_two(d);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(newest.join("trainer_state.json")).unwrap()).unwrap();
+    state["compute"].clone()
+}
+
+/// Bit-exact continuation holds only on the same compute (backend, device, kernel threads, CPU
+/// features): every checkpoint records it, and a resume on different compute says what changed.
+#[test]
+fn a_resume_on_different_compute_warns_and_records_the_new_one() {
+    let d = dirs();
+    stop_early_with(with_threads(command(&d, &["keep_checkpoints=30"], None), 1));
+    let before = newest_compute(&d);
+    assert_eq!(before["threads"], 1, "{before}");
+    assert_eq!(before["backend"], BACKEND.trim_start_matches("backend="));
+    assert!(before["cpu_features"].is_array(), "{before}");
+
+    let out = with_threads(command(&d, &[], None), 2).output().unwrap();
+    assert!(out.status.success());
+    let warned: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| field(v, "event").and_then(|e| e.as_str()) == Some("compute_changed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let changes = field(&warned[0], "changes")
+        .and_then(|c| c.as_str())
+        .unwrap();
+    assert_eq!(changes, "threads 1 -> 2");
+    assert_eq!(newest_compute(&d)["threads"], 2);
+
+    // The same compute again: no warning.
+    let d = dirs();
+    stop_early_with(with_threads(command(&d, &["keep_checkpoints=30"], None), 2));
+    let out = with_threads(command(&d, &[], None), 2).output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("compute_changed"));
 }
 
 fn assert_falls_back(d: &Dirs, damage: impl Fn(&Path), expect_reason: &str) {
@@ -426,7 +485,7 @@ const DEFAULT_HP: &[&str] = &[
     "model_hidden=16",
     "learning_rate=0.01",
     "log_every_steps=1000000",
-    "backend=cpu",
+    BACKEND,
 ];
 
 fn default_command(d: &Dirs) -> Command {

@@ -131,6 +131,7 @@ fn state_for(cfg: NetConfig, hp: &Hyperparameters) -> TrainerState {
         train_seconds: 0.0,
         last_loss: None,
         hyperparameters_sha256: String::new(),
+        compute: None,
     }
 }
 
@@ -174,6 +175,12 @@ fn train_throughput(
         paths,
         flags: StopFlags::default(),
         checkpoint_s3_uri: None,
+        compute: spotcheck_trainer::backend::Compute {
+            backend: "cpu".into(),
+            device: "cpu".into(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_features: spotcheck_trainer::backend::cpu_features(),
+        },
     };
     train::run::<AB>(&run, Default::default())?;
     let metrics: serde_json::Value =
