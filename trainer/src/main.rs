@@ -187,7 +187,7 @@ fn start(run: &Run) {
 
 /// Keeps freed tensor buffers in the process for reuse. Every training step allocates and frees
 /// the same few-megabyte activations and gradients; with glibc's defaults those go to `mmap`, or
-/// come back from a trimmed heap, so each step pays fresh page faults on them (~15% of a CPU
+/// come back from a trimmed heap, so each step pays fresh page faults on them (13% of a CPU
 /// step on libtorch here, docs/benchmarks.md). Checkpoint-sized buffers (over 32 MiB) are still
 /// mapped and returned.
 fn keep_freed_memory() {
