@@ -46,7 +46,9 @@ cargo test --workspace --locked
 step "the trainer on libtorch (--features tch): lints, and the exact-resume tests on it"
 bash scripts/trainer-tch.sh clippy
 # The bit-exactness tests (the rest of resume.rs is backend-independent and ran above).
-bash scripts/trainer-tch.sh test --test resume -- byte_identical uninterrupted_result sigterm compute
+# A renamed test would silently drop out of the filter: the count is checked.
+tch_tests=$(bash scripts/trainer-tch.sh test --test resume -- byte_identical uninterrupted_result sigterm compute 2>&1 | tee /dev/stderr)
+grep -q "test result: ok. 5 passed" <<<"$tch_tests" || { echo "expected the 5 bit-exactness tests to run on libtorch" >&2; exit 1; }
 
 step "Python package tests (pytest against real PyTorch)"
 bash scripts/python-tests.sh test

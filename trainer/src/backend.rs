@@ -80,6 +80,41 @@ pub struct Compute {
     pub cpu_features: Vec<String>,
 }
 
+impl Compute {
+    /// The record for a backend on a device with this many kernel threads, on this CPU.
+    pub fn on(backend: &str, device: &str, threads: usize) -> Self {
+        Self {
+            backend: backend.into(),
+            device: device.into(),
+            threads,
+            cpu_features: cpu_features(),
+        }
+    }
+}
+
+/// The thread count burn-flex's rayon pool will use.
+pub fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Keeps freed tensor buffers in the process for reuse; call first thing in `main`. Every
+/// training step allocates and frees the same few-megabyte activations and gradients; with
+/// glibc's defaults those go to `mmap`, or come back from a trimmed heap, so each step pays fresh
+/// page faults on them (13% of a CPU step on libtorch here, docs/benchmarks.md).
+/// Checkpoint-sized buffers (over 32 MiB) are still mapped and returned.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 /// The x86-64 extensions that change which kernel paths run.
 pub fn cpu_features() -> Vec<String> {
     #[cfg(target_arch = "x86_64")]
@@ -181,10 +216,8 @@ mod tests {
     #[test]
     fn compute_changes_name_each_difference_and_an_unknown_writer() {
         let a = Compute {
-            backend: "cpu".into(),
-            device: "cpu".into(),
-            threads: 2,
             cpu_features: vec!["avx2".into(), "fma".into()],
+            ..Compute::on("cpu", "cpu", 2)
         };
         assert!(compute_changes(Some(&a), &a).is_empty());
         let b = Compute {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use spotcheck_notices::{self as notices, StopFlags};
-use spotcheck_trainer::backend::{self, Chosen};
+use spotcheck_trainer::backend::{self, Chosen, Compute};
 use spotcheck_trainer::hyper::Hyperparameters;
 use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
 use spotcheck_trainer::train::{self, Outcome, Run};
@@ -120,33 +120,26 @@ fn run(args: Args) -> Result<Outcome> {
     }
     let driver = backend::BUILT.cuda && backend::cuda_driver_present();
     let chosen = backend::choose(hp.backend, backend::BUILT, driver).map_err(anyhow::Error::msg)?;
-    let mut run = Run {
-        hp,
-        hp_text,
-        paths,
-        flags,
-        checkpoint_s3_uri: args.checkpoint_s3_uri.clone(),
-        compute: backend::Compute {
-            backend: String::new(),
-            device: String::new(),
-            threads: 0,
-            cpu_features: backend::cpu_features(),
-        },
+    let with_compute = |compute| {
+        let run = Run {
+            hp,
+            hp_text,
+            paths,
+            flags,
+            checkpoint_s3_uri: args.checkpoint_s3_uri.clone(),
+            compute,
+        };
+        start(&run);
+        run
     };
     match chosen {
         Chosen::Cpu => {
-            run.compute.backend = "cpu".into();
-            run.compute.device = "cpu".into();
-            run.compute.threads = rayon_threads();
-            start(&run);
+            let run = with_compute(Compute::on("cpu", "cpu", backend::rayon_threads()));
             train::run::<burn::backend::Autodiff<burn::backend::Flex>>(&run, Default::default())
         }
         #[cfg(feature = "cuda")]
         Chosen::Cuda => {
-            run.compute.backend = "cuda".into();
-            run.compute.device = "cuda:0".into();
-            run.compute.threads = 1;
-            start(&run);
+            let run = with_compute(Compute::on("cuda", "cuda:0", 1));
             train::run::<burn::backend::Autodiff<burn::backend::Cuda>>(&run, Default::default())
         }
         #[cfg(not(feature = "cuda"))]
@@ -160,10 +153,12 @@ fn run(args: Args) -> Result<Outcome> {
             } else {
                 LibTorchDevice::Cpu
             };
-            run.compute.backend = "torch".into();
-            run.compute.device = if cuda { "cuda:0" } else { "cpu" }.into();
-            run.compute.threads = usize::try_from(tch::get_num_threads()).unwrap_or(0);
-            start(&run);
+            let threads = usize::try_from(tch::get_num_threads()).unwrap_or(0);
+            let run = with_compute(Compute::on(
+                "torch",
+                if cuda { "cuda:0" } else { "cpu" },
+                threads,
+            ));
             train::run::<burn::backend::Autodiff<LibTorch>>(&run, device)
         }
         #[cfg(not(feature = "tch"))]
@@ -171,36 +166,13 @@ fn run(args: Args) -> Result<Outcome> {
     }
 }
 
-/// The thread count burn-flex's rayon pool will use.
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 fn start(run: &Run) {
     let (c, p) = (&run.compute, &run.paths);
     tracing::info!(event = "start", backend = %c.backend, device = %c.device, threads = c.threads, cpu_features = %c.cpu_features.join(" "), host = %p.host, data = %p.data.display(), checkpoint_dir = %p.checkpoint_dir.display(), model_dir = %p.model_dir.display());
 }
 
-/// Keeps freed tensor buffers in the process for reuse. Every training step allocates and frees
-/// the same few-megabyte activations and gradients; with glibc's defaults those go to `mmap`, or
-/// come back from a trimmed heap, so each step pays fresh page faults on them (13% of a CPU
-/// step on libtorch here, docs/benchmarks.md). Checkpoint-sized buffers (over 32 MiB) are still
-/// mapped and returned.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    backend::keep_freed_memory();
     let args = Args::parse();
     init_logging();
     let failure_file =

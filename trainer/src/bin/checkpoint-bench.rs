@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::backend::{Autodiff, Flex};
 use spotcheck_notices::StopFlags;
+use spotcheck_trainer::backend;
 use spotcheck_trainer::hyper::Hyperparameters;
 use spotcheck_trainer::model::NetConfig;
 use spotcheck_trainer::optim::{Optimizer, OptimizerConfig};
@@ -175,12 +176,7 @@ fn train_throughput(
         paths,
         flags: StopFlags::default(),
         checkpoint_s3_uri: None,
-        compute: spotcheck_trainer::backend::Compute {
-            backend: "cpu".into(),
-            device: "cpu".into(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu_features: spotcheck_trainer::backend::cpu_features(),
-        },
+        compute: backend::Compute::on("cpu", "cpu", backend::rayon_threads()),
     };
     train::run::<AB>(&run, Default::default())?;
     let metrics: serde_json::Value =
@@ -193,6 +189,8 @@ fn train_throughput(
 }
 
 fn main() -> Result<()> {
+    // The allocator settings `train` runs with, so the throughput rows measure its loop.
+    backend::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(
         args.next()
