@@ -90,6 +90,12 @@ impl Compute {
             cpu_features: cpu_features(),
         }
     }
+
+    /// Whether tensors live in host memory, so a checkpoint's copy can be left to the
+    /// persister (see [`crate::snapshot::Handover`]).
+    pub fn host_memory(&self) -> bool {
+        self.device == "cpu"
+    }
 }
 
 /// The thread count burn-flex's rayon pool will use.

@@ -83,7 +83,7 @@ spec! {
     "test_channel", "string", "test", "Channel holding evaluation data (optional; IDX t10k files in the train channel also work).";
     "checkpoint_every_steps", "u64", "0", "Checkpoint every N steps (0: off).";
     "checkpoint_every_seconds", "f64", "0", "Checkpoint every T seconds of training (0: off).";
-    "checkpoint_adaptive", "bool", "true", "Also checkpoint at the Young/Daly interval from the measured checkpoint cost.";
+    "checkpoint_adaptive", "bool", "true", "Also checkpoint at the Young/Daly interval from the measured checkpoint cost (stall plus slowdown of the steps under a persist).";
     "interruptions_per_hour", "f64", "0.5", "Expected interruption rate, for the adaptive interval (observed restarts raise it).";
     "keep_checkpoints", "usize", "3", "Valid checkpoints kept per host (the newest is never deleted).";
     "backend", "auto|cpu|cuda|torch", "auto", "Compute backend; auto uses libtorch in a tch build, else CUDA when a driver and the cuda build are present, else the pure-Rust CPU backend.";

@@ -3,6 +3,11 @@
 //! With checkpoint cost C (seconds the training pays per checkpoint) and mean time between
 //! interruptions M, Young's interval √(2CM) minimises expected lost plus spent time; Daly's
 //! higher-order correction is `√(2CM)·(1 + ⅓√(C/2M) + C/18M) − C` for C < 2M, and M otherwise.
+//!
+//! C is what the loop loses: the hand-over it waits for, plus how much slower its steps ran
+//! while the persist was in flight ([`Interference`]) — on a CPU-bound host the persister's
+//! copy, hashing and writing take cores and memory bandwidth from training; on a GPU they
+//! mostly do not.
 
 use std::time::Duration;
 
@@ -80,6 +85,52 @@ pub fn retry_backoff(failures: u32) -> Duration {
     Duration::from_secs(secs).min(MAX_RETRY_BACKOFF)
 }
 
+/// Steps run without a persist in flight before their mean is trusted as the baseline.
+const BASELINE_STEPS: u32 = 3;
+
+/// How much a background persist slows the training loop: the steps that began while one was
+/// in flight, against the mean of those that began with none. Pure (durations in).
+#[derive(Debug, Clone, Default)]
+pub struct Interference {
+    idle_seconds: f64,
+    idle_steps: u32,
+    busy_seconds: f64,
+    busy_steps: u32,
+    ended: bool,
+}
+
+impl Interference {
+    /// A step took `took`; `busy`: a persist was in flight when it began.
+    pub fn step(&mut self, took: Duration, busy: bool) {
+        if busy {
+            self.busy_seconds += took.as_secs_f64();
+            self.busy_steps += 1;
+        } else {
+            self.idle_seconds += took.as_secs_f64();
+            self.idle_steps = self.idle_steps.saturating_add(1);
+        }
+    }
+
+    /// A persist ended (committed or not).
+    pub fn persist_ended(&mut self) {
+        self.ended = true;
+    }
+
+    /// The extra time the steps under the persist(s) that ended took, once enough idle steps
+    /// give a baseline; each in-flight step is charged once.
+    pub fn take_extra(&mut self) -> Option<Duration> {
+        if !self.ended || self.idle_steps < BASELINE_STEPS {
+            return None;
+        }
+        let mean = self.idle_seconds / f64::from(self.idle_steps);
+        let extra = (self.busy_seconds - mean * f64::from(self.busy_steps)).max(0.0);
+        self.busy_seconds = 0.0;
+        self.busy_steps = 0;
+        self.ended = false;
+        Some(Duration::from_secs_f64(extra))
+    }
+}
+
 /// When to checkpoint: the fixed triggers, the adaptive Young/Daly interval, rebalance
 /// requests and retries after failures, as one pure state machine driven by the training loop
 /// at step boundaries (durations in, decisions out; no clock).
@@ -94,6 +145,10 @@ pub struct Planner {
     measured: bool,
     rebalance_pending: bool,
     failures: u32,
+    /// The last persist's hand-over stall and time to durable, and the MTBF then.
+    last: Option<(Duration, Duration, Duration)>,
+    /// What a persist in flight costs the loop's steps, once measured.
+    interference: Option<Duration>,
 }
 
 impl Planner {
@@ -107,6 +162,8 @@ impl Planner {
             measured: false,
             rebalance_pending: false,
             failures: 0,
+            last: None,
+            interference: None,
         }
     }
 
@@ -150,16 +207,28 @@ impl Planner {
         why
     }
 
-    /// A persist succeeded: `stall` is what the loop paid for its snapshot, `persist` the time
-    /// to durable; `mtbf` the current estimate of the time between interruptions (`None`: no
-    /// adaptive interval).
+    /// A persist succeeded: `stall` is what the loop paid for its hand-over, `persist` the
+    /// time to durable; `mtbf` the current estimate of the time between interruptions (`None`:
+    /// no adaptive interval). The adaptive interval starts once [`Self::interfered`] has also
+    /// told what a persist costs the loop's steps.
     pub fn persisted(&mut self, stall: Duration, persist: Duration, mtbf: Option<Duration>) {
         self.failures = 0;
         self.measured = true;
-        if self.adaptive_enabled {
-            if let Some(m) = mtbf {
-                self.adaptive = Some(daly_interval(stall, m).max(persist));
-            }
+        self.last = mtbf.map(|m| (stall, persist, m));
+        self.replan();
+    }
+
+    /// What the steps that ran under the last persist(s) lost to it ([`Interference`]).
+    pub fn interfered(&mut self, extra: Duration) {
+        self.interference = Some(extra);
+        self.replan();
+    }
+
+    fn replan(&mut self) {
+        if let (true, Some((stall, persist, mtbf)), Some(extra)) =
+            (self.adaptive_enabled, self.last, self.interference)
+        {
+            self.adaptive = Some(daly_interval(stall + extra, mtbf).max(persist));
         }
     }
 
@@ -239,6 +308,13 @@ mod tests {
         let mut p = adaptive_only();
         assert_eq!(p.due(5_001, secs(0.0), false), Some(Why::Measure));
         p.persisted(secs(0.001), secs(0.02), Some(secs(3600.0)));
+        assert_eq!(
+            p.adaptive_interval(),
+            None,
+            "not before the interference is known"
+        );
+        assert_eq!(p.due(5_002, secs(100.0), false), None);
+        p.interfered(Duration::ZERO);
         let t = p.adaptive_interval().unwrap();
         assert!(t > secs(2.0) && t < secs(3.0), "{t:?}");
         assert_eq!(p.due(5_002, secs(1.0), false), None);
@@ -258,6 +334,7 @@ mod tests {
         assert_eq!(p.due(4, secs(1.5), false), None);
         assert_eq!(p.due(5, secs(2.0), false), Some(Why::Retry));
         p.persisted(secs(0.001), secs(0.01), Some(secs(3600.0)));
+        p.interfered(Duration::ZERO);
         assert_eq!(p.failures(), 0);
         assert!(p.adaptive_interval().is_some());
         assert_eq!(retry_backoff(30), MAX_RETRY_BACKOFF);
@@ -293,6 +370,7 @@ mod tests {
         let mut p = adaptive_only();
         p.due(1, Duration::ZERO, false);
         p.persisted(secs(0.001), secs(0.02), Some(secs(3600.0)));
+        p.interfered(Duration::ZERO);
         let young = p.adaptive_interval().unwrap();
         p.upload_pace(secs(30.0));
         assert_eq!(p.adaptive_interval(), Some(secs(30.0)));
@@ -300,5 +378,34 @@ mod tests {
         assert_eq!(p.due(11, secs(30.0), false), Some(Why::Periodic));
         p.upload_pace(Duration::ZERO);
         assert_eq!(p.adaptive_interval(), Some(young));
+    }
+
+    #[test]
+    fn steps_slowed_by_a_persist_count_in_the_checkpoint_cost() {
+        let mut p = adaptive_only();
+        let mut meter = Interference::default();
+        assert_eq!(p.due(1, Duration::ZERO, false), Some(Why::Measure));
+        // The hand-over was free, but the four steps under the persist took 1.5 s instead of 1 s.
+        for _ in 0..4 {
+            meter.step(secs(1.5), true);
+        }
+        p.persisted(Duration::ZERO, secs(6.0), Some(secs(3600.0)));
+        meter.persist_ended();
+        assert_eq!(meter.take_extra(), None, "no baseline yet");
+        meter.step(secs(1.0), false);
+        meter.step(secs(1.0), false);
+        assert_eq!(meter.take_extra(), None, "baseline still too short");
+        meter.step(secs(1.0), false);
+        let extra = meter.take_extra().unwrap();
+        assert!((extra.as_secs_f64() - 2.0).abs() < 1e-9, "{extra:?}");
+        assert_eq!(meter.take_extra(), None, "charged once");
+        p.interfered(extra);
+        // Young with C = 2 s, M = 1 h: √14400 = 120 s (Daly: a little more, minus C).
+        let t = p.adaptive_interval().unwrap().as_secs_f64();
+        assert!((118.0..125.0).contains(&t), "{t}");
+        // A persist that does not slow the steps costs only its hand-over.
+        meter.step(secs(1.0), true);
+        meter.persist_ended();
+        assert_eq!(meter.take_extra(), Some(Duration::ZERO));
     }
 }

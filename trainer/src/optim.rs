@@ -12,7 +12,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use crate::hyper::{Hyperparameters, OptimizerKind};
-use crate::snapshot::HostTensor;
+use crate::snapshot::{HostTensor, PendingTensor};
 
 /// Settings that stay fixed for a run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -140,16 +140,24 @@ impl<B: Backend> Optimizer<B> {
 
     /// Copies the state to host memory, named `<param>.<slot>` with the parameter's shape.
     pub fn snapshot(&self) -> Vec<HostTensor> {
+        self.hand_over(true)
+            .into_iter()
+            .map(PendingTensor::into_host)
+            .collect()
+    }
+
+    /// Hands the state over for a checkpoint, named `<param>.<slot>` with the parameter's
+    /// shape (see [`PendingTensor`]).
+    pub fn hand_over(&self, copy_now: bool) -> Vec<PendingTensor> {
         let mut out = Vec::new();
         for (name, (shape, slots)) in &self.state {
             for (slot, t) in self.config.slots().iter().zip(slots) {
-                let mut data = t.to_data();
-                data.shape = shape.clone().into();
-                out.push(HostTensor {
-                    name: format!("{name}.{slot}"),
-                    shape: shape.clone(),
-                    data,
-                });
+                out.push(PendingTensor::of(
+                    format!("{name}.{slot}"),
+                    shape.clone(),
+                    t.clone(),
+                    copy_now,
+                ));
             }
         }
         out
@@ -326,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn step_updates_every_parameter_of_a_module() {
+    fn steps_update_every_parameter_and_a_handover_keeps_its_values() {
         use crate::model::NetConfig;
         let dev = Default::default();
         let net = NetConfig {
@@ -348,12 +356,17 @@ mod tests {
                 .unwrap();
         let before = crate::params::collect::<AB, _>(&net);
         let mut o = Optimizer::<Flex>::new(cfg(OptimizerKind::AdamW), &shapes, &dev);
-        let loss = net.forward(Tensor::ones([2, 1, 4, 4], &dev)).sum();
-        let mut grads = loss.backward();
-        let net = step(net, &mut grads, &mut o, 0.01);
+        let net = one_step(net, &mut o);
+        let moments = o.snapshot();
+        // A checkpoint handed over now (tensor handles, copied later) must hold this state
+        // however the next step updates parameters and moments in place.
+        let params = crate::params::hand_over::<AB, _>(&net, false);
+        let slots = o.hand_over(false);
+        let moved = crate::params::collect::<AB, _>(&net);
+        let net = one_step(net, &mut o);
         let after = crate::params::collect::<AB, _>(&net);
-        assert_eq!(o.updates, 1);
-        for (b, a) in before.iter().zip(&after) {
+        assert_eq!(o.updates, 2);
+        for (b, a) in before.iter().zip(&moved) {
             assert_ne!(
                 b.data.as_bytes(),
                 a.data.as_bytes(),
@@ -361,5 +374,26 @@ mod tests {
                 b.name
             );
         }
+        let host = |v: Vec<PendingTensor>| -> Vec<HostTensor> {
+            v.into_iter().map(PendingTensor::into_host).collect()
+        };
+        for (kept, (was, now)) in host(params).iter().zip(moved.iter().zip(&after)) {
+            assert_eq!(kept.name, was.name);
+            assert_eq!(kept.data.as_bytes(), was.data.as_bytes(), "{}", kept.name);
+            assert_ne!(kept.data.as_bytes(), now.data.as_bytes(), "{}", kept.name);
+        }
+        for (kept, was) in host(slots).iter().zip(&moments) {
+            assert_eq!((&kept.name, &kept.shape), (&was.name, &was.shape));
+            assert_eq!(kept.data.as_bytes(), was.data.as_bytes(), "{}", kept.name);
+        }
+        assert_ne!(o.snapshot()[0].data.as_bytes(), moments[0].data.as_bytes());
+    }
+
+    fn one_step(net: crate::model::Net<AB>, o: &mut Optimizer<Flex>) -> crate::model::Net<AB> {
+        let loss = net
+            .forward(Tensor::ones([2, 1, 4, 4], &Default::default()))
+            .sum();
+        let mut grads = loss.backward();
+        step(net, &mut grads, o, 0.01)
     }
 }

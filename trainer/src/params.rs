@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use crate::snapshot::HostTensor;
+use crate::snapshot::{HostTensor, PendingTensor};
 
 /// A mismatch between a checkpoint and the model.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,45 @@ pub fn collect<B: Backend, M: Module<B>>(module: &M) -> Vec<HostTensor> {
     };
     module.visit(&mut c);
     c.out
+}
+
+struct HandOver {
+    path: Path,
+    copy_now: bool,
+    out: Vec<PendingTensor>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for HandOver {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.0.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        // The inner tensor: the handle shares the parameter's buffer, not its autodiff graph.
+        let t = param.val().inner();
+        self.out.push(PendingTensor::of(
+            self.path.name(),
+            t.dims().to_vec(),
+            t,
+            self.copy_now,
+        ));
+    }
+}
+
+/// Hands every parameter over for a checkpoint, in module order (see [`PendingTensor`]).
+pub fn hand_over<AB: AutodiffBackend, M: Module<AB>>(
+    module: &M,
+    copy_now: bool,
+) -> Vec<PendingTensor> {
+    let mut h = HandOver {
+        path: Path(Vec::new()),
+        copy_now,
+        out: Vec::new(),
+    };
+    module.visit(&mut h);
+    h.out
 }
 
 /// The parameter names and shapes, in module order.

@@ -1,7 +1,8 @@
 //! The background persister: turns host-memory snapshots into durable checkpoints.
 //!
-//! The training loop hands over a [`Snapshot`] and goes on; this thread encodes, hashes,
-//! fsyncs and renames (through the shared protocol crate's writer), then applies retention.
+//! The training loop hands over a [`Handover`] and goes on; this thread copies what is still a
+//! backend tensor, encodes, hashes, fsyncs and renames (through the shared protocol crate's
+//! writer), then applies retention.
 //! At most one persist is in flight: a checkpoint that comes due while one is in flight is not
 //! taken (the loop's [`crate::interval::Planner`] asks again at the next step boundary, and
 //! keeps a rebalance request until it is served), while a final checkpoint (end of training,
@@ -25,7 +26,7 @@ use spotcheck_protocol::{
 
 use crate::interval::Why;
 use crate::s3sync::Mirror;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Handover, Snapshot};
 
 /// File names inside a checkpoint directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -88,15 +89,23 @@ pub fn write_checkpoint(
     let mut pending =
         CheckpointWriter::begin(root, namespace, snap.state.step).map_err(|e| err(&e))?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    // Two files, hashed in parallel (SHA-256 is the slowest stage on a fast disk).
+    let model_meta = meta.clone();
     pending
-        .write_file(MODEL_FILE, |w| {
-            snapshot::write(w, &snap.model, Some(meta.clone()))
-        })
-        .map_err(|e| err(&e))?;
-    pending
-        .write_file(OPTIMIZER_FILE, |w| {
-            snapshot::write(w, &snap.optimizer, Some(meta.clone()))
-        })
+        .write_files(vec![
+            (
+                MODEL_FILE,
+                Box::new(|w: &mut dyn std::io::Write| {
+                    snapshot::write(w, &snap.model, Some(model_meta))
+                }),
+            ),
+            (
+                OPTIMIZER_FILE,
+                Box::new(|w: &mut dyn std::io::Write| {
+                    snapshot::write(w, &snap.optimizer, Some(meta))
+                }),
+            ),
+        ])
         .map_err(|e| err(&e))?;
     let state = serde_json::to_vec_pretty(&snap.state).map_err(|e| err(&e))?;
     pending
@@ -143,7 +152,7 @@ struct Pending {
 
 /// Handle on the persister thread.
 pub struct Persister {
-    tx: Option<SyncSender<(Snapshot, Why)>>,
+    tx: Option<SyncSender<(Handover, Why)>>,
     rx: Receiver<PersistEvent>,
     in_flight: bool,
     mirror: Option<Mirror>,
@@ -204,7 +213,7 @@ impl Persister {
     /// Starts the thread writing to `dest`, handing each committed checkpoint to `mirror`
     /// when given.
     pub fn start(dest: Destination, mirror: Option<Mirror>) -> std::io::Result<Self> {
-        let (tx, work) = mpsc::sync_channel::<(Snapshot, Why)>(1);
+        let (tx, work) = mpsc::sync_channel::<(Handover, Why)>(1);
         let (done, rx) = mpsc::channel();
         let pause = fault_pause();
         let mirror_tx = mirror.as_ref().map(Mirror::sender);
@@ -286,7 +295,7 @@ impl Persister {
 
     /// Hands a snapshot over. The caller must check [`Persister::busy`] first (or call
     /// [`Persister::wait`]).
-    pub fn submit(&mut self, snap: Snapshot, why: Why) -> Result<(), String> {
+    pub fn submit(&mut self, snap: Handover, why: Why) -> Result<(), String> {
         debug_assert!(!self.in_flight, "one persist at a time");
         let tx = self.tx.as_ref().ok_or("persister stopped")?;
         tx.send((snap, why))
@@ -345,11 +354,17 @@ impl Persister {
     }
 }
 
-fn persist_one(dest: &Destination, snap: Snapshot, why: Why, pause: Option<Duration>) -> Persisted {
+fn persist_one(
+    dest: &Destination,
+    handed: Handover,
+    why: Why,
+    pause: Option<Duration>,
+) -> Persisted {
     let started = Instant::now();
-    let step = snap.state.step;
-    let bytes = snap.tensor_bytes() as u64;
+    let step = handed.state.step;
+    let bytes = handed.tensor_bytes() as u64;
     tracing::info!(event = "persist_started", step, why = ?why);
+    let snap = handed.materialise();
     let result = write_checkpoint(&dest.root, &dest.namespace, &snap, pause);
     drop(snap);
     match result {

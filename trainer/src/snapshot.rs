@@ -1,14 +1,19 @@
 //! Host-memory snapshots of the training state and their safetensors encoding.
 //!
-//! Taking a snapshot is the only part of a checkpoint the training loop waits for: tensors are
-//! copied to host memory and handed to the persister. Encoding streams the safetensors header
-//! (built by the `safetensors` crate) and then each tensor's bytes straight into the
-//! checkpoint writer, so a multi-GiB state is never copied a second time.
+//! Handing a checkpoint over is the only part of it the training loop waits for. Where the
+//! tensors live in host memory the loop hands over tensor handles ([`Handover`]) and the
+//! persister copies them: burn's tensors are copy-on-write, so while the persister holds a
+//! handle the next optimizer step writes new buffers instead of updating in place, and the
+//! handed-over values stay as they were. On a GPU the loop copies to host memory at once (a
+//! deferred copy would hold a second copy of the state in scarcer device memory). Encoding
+//! streams the safetensors header (built by the `safetensors` crate) and then each tensor's
+//! bytes straight into the checkpoint writer, so a multi-GiB state is never copied twice.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use burn::tensor::{DType, TensorData};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
@@ -43,6 +48,90 @@ impl Snapshot {
             .chain(&self.optimizer)
             .map(|t| t.data.as_bytes().len())
             .sum()
+    }
+}
+
+/// A tensor handed over by the training loop: already in host memory, or a backend handle the
+/// persister copies from.
+pub struct PendingTensor {
+    name: String,
+    shape: Vec<usize>,
+    bytes: usize,
+    read: Box<dyn FnOnce() -> TensorData + Send>,
+}
+
+impl PendingTensor {
+    /// Takes `tensor` as `name` with `shape` (same element count; optimizer slots are stored
+    /// flat and saved with their parameter's shape). `copy_now` copies to host memory here;
+    /// otherwise the copy happens in [`Handover::materialise`].
+    pub fn of<B: Backend, const D: usize>(
+        name: String,
+        shape: Vec<usize>,
+        tensor: Tensor<B, D>,
+        copy_now: bool,
+    ) -> Self {
+        let bytes = tensor.shape().num_elements() * tensor.dtype().size();
+        let read: Box<dyn FnOnce() -> TensorData + Send> = if copy_now {
+            let data = tensor.into_data();
+            Box::new(move || data)
+        } else {
+            Box::new(move || tensor.into_data())
+        };
+        Self {
+            name,
+            shape,
+            bytes,
+            read,
+        }
+    }
+
+    /// The tensor in host memory, copied now if it was not yet.
+    pub fn into_host(self) -> HostTensor {
+        let mut data = (self.read)();
+        data.shape = self.shape.clone().into();
+        HostTensor {
+            name: self.name,
+            shape: self.shape,
+            data,
+        }
+    }
+}
+
+/// What the training loop hands to the persister for one checkpoint.
+pub struct Handover {
+    /// Model parameters.
+    pub model: Vec<PendingTensor>,
+    /// Optimizer state.
+    pub optimizer: Vec<PendingTensor>,
+    /// Step, data position, RNG and schedule state.
+    pub state: TrainerState,
+}
+
+impl Handover {
+    /// Bytes of tensor data handed over.
+    pub fn tensor_bytes(&self) -> usize {
+        self.model
+            .iter()
+            .chain(&self.optimizer)
+            .map(|t| t.bytes)
+            .sum()
+    }
+
+    /// Copies whatever is still a backend tensor to host memory.
+    pub fn materialise(self) -> Snapshot {
+        Snapshot {
+            model: self
+                .model
+                .into_iter()
+                .map(PendingTensor::into_host)
+                .collect(),
+            optimizer: self
+                .optimizer
+                .into_iter()
+                .map(PendingTensor::into_host)
+                .collect(),
+            state: self.state,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::{self, Compute};
 use crate::data::{self, Dataset, Split};
 use crate::hyper::Hyperparameters;
-use crate::interval::{self, Planner, Triggers, Why};
+use crate::interval::{self, Interference, Planner, Triggers, Why};
 use crate::model::{Net, NetConfig};
 use crate::optim::{self, Optimizer, OptimizerConfig};
 use crate::persist::{Destination, PersistEvent, Persister};
@@ -25,7 +25,7 @@ use crate::report::Reporter;
 use crate::s3sync::{Mirror, S3Sync};
 use crate::sagemaker::Paths;
 use crate::schedule::Schedule;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{self, Handover};
 use crate::state::{RngState, TrainerState, STATE_VERSION};
 use crate::{params, resume, sampler};
 use spotcheck_notices::{StopFlags, StopReason};
@@ -156,16 +156,18 @@ fn evaluate<AB: AutodiffBackend>(
     correct as f64 / ds.len().max(1) as f64
 }
 
-/// Copies the model, optimizer and trainer state into host memory: the only part of a
-/// checkpoint the loop waits for.
+/// Hands the model, optimizer and trainer state over for a checkpoint: the only part of a
+/// checkpoint the loop waits for. `copy_now` copies the tensors to host memory here (on a GPU);
+/// otherwise the persister copies them (see [`snapshot::Handover`]).
 pub fn snapshot_now<AB: AutodiffBackend>(
     model: &Net<AB>,
     optim: &Optimizer<AB::InnerBackend>,
     state: &TrainerState,
-) -> Snapshot {
-    Snapshot {
-        model: params::collect(model),
-        optimizer: optim.snapshot(),
+    copy_now: bool,
+) -> Handover {
+    Handover {
+        model: params::hand_over(model, copy_now),
+        optimizer: optim.hand_over(copy_now),
         state: state.clone(),
     }
 }
@@ -235,8 +237,10 @@ struct Book {
     last_durable: u64,
     /// The newest checkpoint this process committed.
     last_committed: Option<ValidCheckpoint>,
-    /// What the loop paid for the last snapshot.
+    /// What the loop paid for the last hand-over.
     last_stall: Duration,
+    /// How much slower steps run while a persist is in flight.
+    interference: Interference,
 }
 
 impl Book {
@@ -262,11 +266,13 @@ impl Book {
                         self.last_committed = Some(ckpt);
                     }
                     planner.persisted(self.last_stall, p.duration, mtbf);
+                    self.interference.persist_ended();
                     tracing::info!(event = "checkpoint_saved", step = p.step, why = ?p.why, dir = %p.dir.display(), bytes = p.bytes, persist_seconds = p.duration.as_secs_f64(), stall_seconds = self.last_stall.as_secs_f64(),
                         adaptive_interval_seconds = planner.adaptive_interval().map(|t| t.as_secs_f64()), mtbf_seconds = mtbf.map(|m| m.as_secs_f64()));
                 }
                 Err(e) => {
                     self.stats.failures += 1;
+                    self.interference.persist_ended();
                     planner.failed();
                     tracing::error!(event = "checkpoint_failed", step = p.step, why = ?p.why, error = %e, retry_in_seconds = interval::retry_backoff(planner.failures()).as_secs_f64(), "checkpoint failed; the previous checkpoint stays the newest valid one; retrying after a backoff");
                 }
@@ -402,7 +408,9 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         last_durable: state.step,
         last_committed: None,
         last_stall: Duration::ZERO,
+        interference: Interference::default(),
     };
+    let copy_now = !run.compute.host_memory();
     let mut last_ckpt_at = Instant::now();
     let started = Instant::now();
     let base_seconds = state.train_seconds;
@@ -417,6 +425,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
             stop = Some((reason, Instant::now()));
             break;
         }
+        let (began, busy) = (Instant::now(), persister.busy());
         if state.position >= train.len() {
             state.epoch += 1;
             state.position = 0;
@@ -442,8 +451,19 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         reporter.step(state.step, total, state.epoch, loss_value, hp.batch_size);
         state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
 
+        book.interference.step(began.elapsed(), busy);
         for event in persister.poll() {
             book.record(event, &mut planner, mtbf(&state));
+        }
+        if let Some(extra) = book.interference.take_extra() {
+            planner.interfered(extra);
+            tracing::info!(
+                event = "checkpoint_interference",
+                step = state.step,
+                extra_seconds = extra.as_secs_f64(),
+                adaptive_interval_seconds = planner.adaptive_interval().map(|t| t.as_secs_f64()),
+                "steps under the last persist ran this much longer in all"
+            );
         }
         if run.flags.take_rebalance() {
             reporter.note("rebalance recommendation: extra checkpoint");
@@ -454,7 +474,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
         }
         if let Some(why) = planner.due(state.step, last_ckpt_at.elapsed(), persister.busy()) {
             let t0 = Instant::now();
-            let snap = snapshot_now(&model, &optim, &state);
+            let snap = snapshot_now(&model, &optim, &state, copy_now);
             book.stalled(t0.elapsed());
             persister.submit(snap, why).map_err(anyhow::Error::msg)?;
             last_ckpt_at = Instant::now();
@@ -472,7 +492,7 @@ pub fn run<AB: AutodiffBackend>(run: &Run, device: AB::Device) -> Result<Outcome
     }
     if book.last_durable < state.step {
         let t0 = Instant::now();
-        let snap = snapshot_now(&model, &optim, &state);
+        let snap = snapshot_now(&model, &optim, &state, copy_now);
         book.stalled(t0.elapsed());
         persister
             .submit(snap, Why::Final)

@@ -470,16 +470,17 @@ fn stray_sagemaker_marker_files_are_ignored() {
 /// The same small task with every checkpoint setting at its default (adaptive interval, no
 /// fixed triggers, keep 3) and enough steps for several adaptive intervals.
 ///
-/// 27,000 steps: the adaptive interval is √(2·stall·MTBF), about 0.7 s (≈ 800 steps) on an idle
-/// machine, and a stall measured during a load spike lengthens it; four killed processes of
-/// three saves each use ~7,000 steps when idle, so this leaves room for intervals ~4× longer.
+/// 180,000 steps: the adaptive interval is √(2CM) with C the hand-over stall plus the slowdown
+/// of the steps under a persist — a few ms here, so about 6 s (≈ 20,000 steps of a debug build)
+/// once measured, and under 1 s before; four killed processes of three saves each use ~90,000
+/// steps, so this leaves room for intervals ~2× longer.
 const DEFAULT_HP: &[&str] = &[
     "dataset=synthetic",
     "num_classes=4",
     "image_size=8",
     "synthetic_samples=96",
     "batch_size=16",
-    "epochs=4500",
+    "epochs=30000",
     "model_depth=1",
     "model_width=4",
     "model_hidden=16",

@@ -82,4 +82,4 @@ pub use upload::{
     uploaded_checkpoints,
 };
 pub use verify::{judge, judge_at, ChecksumKind, ObservedFile, Reason, Status, Verdict};
-pub use writer::{CheckpointWriter, CommittedCheckpoint, PendingCheckpoint, WriteError};
+pub use writer::{CheckpointWriter, CommittedCheckpoint, FileBody, PendingCheckpoint, WriteError};

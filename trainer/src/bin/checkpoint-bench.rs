@@ -1,9 +1,11 @@
 //! `checkpoint-bench`: measures the checkpoint path on a model state of 1 GiB or more against
 //! plain baselines on the same machine and disk, in one run, and prints a Markdown table.
 //!
-//! - stall (snapshot into host memory) vs a plain memcpy of the same bytes;
+//! - stall (the hand-over, plus what it adds to the next optimizer update while the persister
+//!   copies the tensors) vs a plain memcpy of the same bytes; for context, the copy at
+//!   hand-over that a GPU run pays;
 //! - persist (encode, hash, write, fsync, rename) vs `dd bs=8M conv=fsync` of the same size;
-//! - restore (read, CRC-check, decode into tensors) vs a plain sequential read of the same
+//! - restore (read, CRC-check, assign into the model and optimizer) vs a plain sequential read of the same
 //!   files, both from cold page cache (`posix_fadvise(DONTNEED)` on each file first);
 //! - training steps/s with checkpoints at the adaptive interval vs none.
 //!
@@ -19,11 +21,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
 use spotcheck_notices::StopFlags;
 use spotcheck_trainer::backend;
 use spotcheck_trainer::hyper::Hyperparameters;
-use spotcheck_trainer::model::NetConfig;
-use spotcheck_trainer::optim::{Optimizer, OptimizerConfig};
+use spotcheck_trainer::model::{Net, NetConfig};
+use spotcheck_trainer::optim::{self, Optimizer, OptimizerConfig};
 use spotcheck_trainer::persist::write_checkpoint;
 use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
 use spotcheck_trainer::snapshot::Snapshot;
@@ -32,7 +35,7 @@ use spotcheck_trainer::train::{self, Run};
 use spotcheck_trainer::{params, resume, schedule};
 
 type AB = Autodiff<Flex>;
-const REPEATS: usize = 3;
+const REPEATS: usize = 5;
 /// Dense layers big enough that weights + AdamW's two moments exceed 1 GiB.
 const HIDDEN: usize = 8192;
 const CLASSES: usize = 11_000;
@@ -220,18 +223,50 @@ fn main() -> Result<()> {
     );
     let model = cfg.init::<AB>(&device);
     let shapes = params::shapes::<AB, _>(&model);
-    let model = params::assign::<AB, _>(model, params::initial_values(&shapes, 1), &device)?;
-    let optim = Optimizer::<Flex>::new(OptimizerConfig::from_hyper(&hp), &shapes, &device);
+    let mut model = params::assign::<AB, _>(model, params::initial_values(&shapes, 1), &device)?;
+    let optim_cfg = OptimizerConfig::from_hyper(&hp);
+    let mut optim = Optimizer::<Flex>::new(optim_cfg, &shapes, &device);
     let state = state_for(cfg, &hp);
 
-    // 1. Stall vs memcpy.
+    // 1. What the loop loses per checkpoint vs a memcpy of the same bytes into fresh memory.
+    //    The hand-over itself, plus what the next optimizer update costs beyond a plain one
+    //    while the persister copies the handed-over tensors (copy-on-write: the update writes
+    //    new buffers instead of updating in place).
+    let update = |model: Net<AB>, optim: &mut Optimizer<Flex>| {
+        let x = Tensor::<AB, 4>::ones([1, 1, 8, 8], &device);
+        let mut grads = model.forward(x).sum().backward();
+        let t = Instant::now();
+        let model = optim::step(model, &mut grads, optim, 1e-4);
+        (model, t.elapsed().as_secs_f64())
+    };
+    let mut plain = Vec::new();
+    for _ in 0..REPEATS {
+        let (m, secs) = update(model, &mut optim);
+        model = m;
+        plain.push(secs);
+    }
+    let plain_update = median(plain);
+    let mut handovers = Vec::new();
     let mut stalls = Vec::new();
     let mut snap: Option<Snapshot> = None;
     for _ in 0..REPEATS {
         drop(snap.take());
         let t = Instant::now();
-        snap = Some(train::snapshot_now(&model, &optim, &state));
-        stalls.push(t.elapsed().as_secs_f64());
+        let handed = train::snapshot_now(&model, &optim, &state, false);
+        let handover = t.elapsed().as_secs_f64();
+        let persister = std::thread::spawn(move || handed.materialise());
+        let (m, secs) = update(model, &mut optim);
+        model = m;
+        snap = Some(persister.join().expect("materialise"));
+        handovers.push(handover);
+        stalls.push(handover + (secs - plain_update).max(0.0));
+    }
+    let mut eager = Vec::new();
+    for _ in 0..REPEATS {
+        drop(snap.take());
+        let t = Instant::now();
+        snap = Some(train::snapshot_now(&model, &optim, &state, true).materialise());
+        eager.push(t.elapsed().as_secs_f64());
     }
     let snap = snap.context("snapshot")?;
     let bytes = snap.tensor_bytes() as u64;
@@ -265,7 +300,8 @@ fn main() -> Result<()> {
     }
     drop(snap);
 
-    // 3. Restore vs plain read, both from cold cache.
+    // 3. Restore (read, CRC-check, assign into the model and optimizer) vs plain read, both
+    //    from cold cache.
     let ckpt = dir.join(format!("persist-{}/algo-1/step-000000000001", REPEATS - 1));
     let files = walk(&ckpt)?;
     let mut restores = Vec::new();
@@ -274,9 +310,10 @@ fn main() -> Result<()> {
     for _ in 0..REPEATS {
         drop_cache(&ckpt)?;
         let t = Instant::now();
-        let loaded = resume::load(&ckpt, 1).map_err(anyhow::Error::msg)?;
+        let (m, o, _) = resume::load(&ckpt, 1).map_err(anyhow::Error::msg)?;
+        model = params::assign::<AB, _>(model, m, &device)?;
+        optim = Optimizer::<Flex>::restore(optim_cfg, 1, &shapes, o, &device)?;
         restores.push(gbps(written, t.elapsed().as_secs_f64()));
-        drop(loaded);
         drop_cache(&ckpt)?;
         let t = Instant::now();
         let n = plain_read(&files)?;
@@ -309,58 +346,76 @@ fn main() -> Result<()> {
     )?;
     std::fs::remove_dir_all(&dir).ok();
 
-    let (stall, copy) = (median(stalls), median(copies));
-    let (persist, ddr) = (median(persists), median(dds));
-    let (restore, read, fresh_read) = (median(restores), median(reads), median(fresh_reads));
-    println!("State: {:.2} GiB of tensors ({} bytes on disk per checkpoint); median of {REPEATS} runs.\n", bytes as f64 / (1u64 << 30) as f64, written);
-    println!("| measure | spotcheck | baseline | ratio | target | met |");
-    println!("|---|---|---|---|---|---|");
-    let row = |name: &str, ours: String, base: String, ratio: f64, target: &str, met: bool| {
-        println!(
-            "| {name} | {ours} | {base} | {ratio:.2} | {target} | {} |",
-            if met { "yes" } else { "**no**" }
-        );
-    };
+    println!(
+        "State: {:.2} GiB of tensors ({written} bytes on disk per checkpoint); median of \
+         {REPEATS} runs, then each run's ratio in run order. Plain optimizer update: {plain_update:.3} s; \
+         hand-over alone: {:.4} s.\n",
+        bytes as f64 / (1u64 << 30) as f64,
+        median(handovers),
+    );
+    println!("| measure | spotcheck | baseline | ratio | runs | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    // Lower is better for times, higher for throughputs: `ratio` is ours over the baseline.
+    let row =
+        |name: &str, ours: &[f64], base: &[f64], unit: &str, target: &str, met: fn(f64) -> bool| {
+            let (o, b) = (median(ours.to_vec()), median(base.to_vec()));
+            let runs: Vec<String> = ours
+                .iter()
+                .zip(base)
+                .map(|(o, b)| format!("{:.2}", o / b))
+                .collect();
+            let ratio = o / b;
+            println!(
+                "| {name} | {o:.3} {unit} | {b:.3} {unit} | {ratio:.2} | {} | {target} | {} |",
+                runs.join(" "),
+                if met(ratio) { "yes" } else { "**no**" }
+            );
+        };
     row(
-        "training stall per checkpoint vs memcpy",
-        format!("{:.3} s", stall),
-        format!("{:.3} s", copy),
-        stall / copy,
+        "training stall per checkpoint (hand-over + extra update time) vs memcpy",
+        &stalls,
+        &copies,
+        "s",
         "≤ 1.5×",
-        stall <= 1.5 * copy,
+        |r| r <= 1.5,
+    );
+    row(
+        "copy at hand-over (the GPU path's stall) vs memcpy",
+        &eager,
+        &copies,
+        "s",
+        "(context)",
+        |r| r <= 1.5,
     );
     row(
         "persist throughput vs dd conv=fsync",
-        format!("{persist:.3} GB/s"),
-        format!("{ddr:.3} GB/s"),
-        persist / ddr,
+        &persists,
+        &dds,
+        "GB/s",
         "≥ 0.80",
-        persist >= 0.8 * ddr,
+        |r| r >= 0.8,
     );
     row(
-        "restore throughput vs plain read (cold cache)",
-        format!("{restore:.3} GB/s"),
-        format!("{read:.3} GB/s"),
-        restore / read,
+        "restore throughput incl. assign vs plain read (cold cache)",
+        &restores,
+        &reads,
+        "GB/s",
         "≥ 0.80",
-        restore >= 0.8 * read,
+        |r| r >= 0.8,
     );
     row(
-        "restore throughput vs std::fs::read into fresh buffers (cold cache)",
-        format!("{restore:.3} GB/s"),
-        format!("{fresh_read:.3} GB/s"),
-        restore / fresh_read,
+        "restore throughput incl. assign vs std::fs::read into fresh buffers (cold cache)",
+        &restores,
+        &fresh_reads,
+        "GB/s",
         "(context)",
-        restore >= 0.8 * fresh_read,
+        |r| r >= 0.8,
     );
     let overhead = (1.0 - ck_ips / base_ips) * 100.0;
-    row(
-        &format!("training images/s, {steps} steps, adaptive checkpoints vs none"),
-        format!("{ck_ips:.1}"),
-        format!("{base_ips:.1}"),
+    println!(
+        "| training images/s, {steps} steps, adaptive checkpoints vs none | {ck_ips:.1} | {base_ips:.1} | {:.2} | (one run) | overhead ≤ 2% | {} |",
         ck_ips / base_ips,
-        "overhead ≤ 2%",
-        overhead <= 2.0,
+        if overhead <= 2.0 { "yes" } else { "**no**" }
     );
     println!("\nCheckpointing overhead: {overhead:.2}%; checkpoints during that run: {ck_stats}");
     Ok(())

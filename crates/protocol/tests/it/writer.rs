@@ -166,6 +166,75 @@ fn failed_body_leaves_no_trace_and_the_checkpoint_can_continue() {
 }
 
 #[test]
+fn files_written_at_once_are_recorded_in_order_and_fail_together() {
+    let root = tempfile::tempdir().unwrap();
+    let big = pseudo_random(9 * 1024 * 1024 + 7, 3);
+    let small = pseudo_random(4321, 4);
+    let mut pending = CheckpointWriter::begin(root.path(), "algo-1", 5).unwrap();
+
+    // One body fails: neither file is recorded or left behind, and the checkpoint goes on.
+    let err = pending
+        .write_files(vec![
+            (
+                "model.safetensors",
+                Box::new(|w: &mut dyn Write| w.write_all(&big)),
+            ),
+            (
+                "optimizer.safetensors",
+                Box::new(|w: &mut dyn Write| {
+                    w.write_all(&small)?;
+                    Err(io::Error::other("optimizer state went away"))
+                }),
+            ),
+        ])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("optimizer state went away"),
+        "{err}"
+    );
+    assert!(files_below(pending.dir()).is_empty());
+    assert!(pending.files().is_empty());
+
+    // The same name twice in one call is refused before anything is written.
+    assert!(matches!(
+        pending.write_files(vec![
+            ("a.bin", Box::new(|w: &mut dyn Write| w.write_all(b"1"))),
+            ("a.bin", Box::new(|w: &mut dyn Write| w.write_all(b"2"))),
+        ]),
+        Err(WriteError::DuplicateName { .. })
+    ));
+
+    pending
+        .write_files(vec![
+            (
+                "model.safetensors",
+                Box::new(|w: &mut dyn Write| w.write_all(&big)),
+            ),
+            (
+                "nested/optimizer.safetensors",
+                Box::new(|w: &mut dyn Write| w.write_all(&small)),
+            ),
+        ])
+        .unwrap();
+    let committed = pending.commit(7, None).unwrap();
+    let names: Vec<&str> = committed
+        .manifest
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    assert_eq!(names, ["model.safetensors", "nested/optimizer.safetensors"]);
+    for (name, bytes) in [
+        ("model.safetensors", &big),
+        ("nested/optimizer.safetensors", &small),
+    ] {
+        let entry = committed.manifest.file(name).unwrap();
+        assert_eq!(entry.sha256, FileDigest::of(bytes).sha256_hex());
+        assert_eq!(committed.read_verified(name).unwrap(), *bytes);
+    }
+}
+
+#[test]
 fn bad_names_and_duplicates_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let mut pending = CheckpointWriter::begin(root.path(), "algo-1", 1).unwrap();
