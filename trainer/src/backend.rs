@@ -107,20 +107,6 @@ pub fn rayon_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Keeps freed tensor buffers in the process for reuse; call first thing in `main`. Every
-/// training step allocates and frees the same few-megabyte activations and gradients; with
-/// glibc's defaults those go to `mmap`, or come back from a trimmed heap, so each step pays fresh
-/// page faults on them (13% of a CPU step on libtorch here, docs/benchmarks.md).
-/// Checkpoint-sized buffers (over 32 MiB) are still mapped and returned.
-pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
 /// The x86-64 extensions that change which kernel paths run.
 pub fn cpu_features() -> Vec<String> {
     #[cfg(target_arch = "x86_64")]

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod data;
+pub mod hostmem;
 pub mod hyper;
 pub mod interval;
 pub mod model;

@@ -13,9 +13,14 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use spotcheck_notices::{self as notices, StopFlags};
 use spotcheck_trainer::backend::{self, Chosen, Compute};
+use spotcheck_trainer::hostmem;
 use spotcheck_trainer::hyper::Hyperparameters;
 use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
 use spotcheck_trainer::train::{self, Outcome, Run};
+
+/// Large tensor buffers on transparent huge pages (see `hostmem`).
+#[global_allocator]
+static ALLOCATOR: hostmem::HugePages = hostmem::HugePages;
 
 /// Exit code after a stop with a durable checkpoint.
 const EXIT_INTERRUPTED: u8 = 143;
@@ -172,7 +177,7 @@ fn start(run: &Run) {
 }
 
 fn main() -> ExitCode {
-    backend::keep_freed_memory();
+    hostmem::keep_freed_memory();
     let args = Args::parse();
     init_logging();
     let failure_file =

@@ -215,24 +215,6 @@ pub fn tensor_layout(header: &[u8], body_len: u64) -> Result<Vec<TensorSpan>, St
 /// Bytes per read call and per CRC job.
 const READ_CHUNK: usize = 8 << 20;
 
-/// A zeroed buffer for `len` bytes that the kernel may back with transparent huge pages: a
-/// restore fills every byte once, and first-touch faults on 4 KiB pages cost more than the
-/// read itself (kernel time per GiB: ~0.5 s in 4 KiB pages here, a few ms in 2 MiB ones).
-fn destination(len: usize) -> Vec<u8> {
-    let buf = vec![0u8; len];
-    const HUGE: usize = 2 << 20;
-    let start = (buf.as_ptr() as usize).next_multiple_of(HUGE);
-    let end = (buf.as_ptr() as usize + len) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: advisory call on whole pages inside `buf`'s allocation; the advice changes
-        // how those pages are backed, never their contents. Failure (no THP) is harmless.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-        }
-    }
-    buf
-}
-
 /// Reads a safetensors file tensor by tensor, straight into the buffers the tensors will own,
 /// checking size and CRC. The CRC runs on a second thread over each chunk just read, so the
 /// read never waits for it.
@@ -256,7 +238,7 @@ fn read_tensors(path: &Path, size: u64, want_crc: &str) -> Result<Vec<HostTensor
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
     let spans = tensor_layout(&header, size - 8 - header_len).map_err(err)?;
-    let mut bufs: Vec<Vec<u8>> = spans.iter().map(|s| destination(s.end - s.start)).collect();
+    let mut bufs: Vec<Vec<u8>> = spans.iter().map(|s| vec![0u8; s.end - s.start]).collect();
     let (read, crc) = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<&[u8]>(2);
         let summer = scope.spawn(move || {

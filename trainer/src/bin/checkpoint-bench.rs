@@ -32,7 +32,11 @@ use spotcheck_trainer::sagemaker::{self, Overrides, RealEnvironment};
 use spotcheck_trainer::snapshot::Snapshot;
 use spotcheck_trainer::state::{RngState, TrainerState, STATE_VERSION};
 use spotcheck_trainer::train::{self, Run};
-use spotcheck_trainer::{params, resume, schedule};
+use spotcheck_trainer::{hostmem, params, resume, schedule};
+
+/// The allocator `train` runs with, so every row measures its memory behaviour.
+#[global_allocator]
+static ALLOCATOR: hostmem::HugePages = hostmem::HugePages;
 
 type AB = Autodiff<Flex>;
 const REPEATS: usize = 5;
@@ -192,8 +196,8 @@ fn train_throughput(
 }
 
 fn main() -> Result<()> {
-    // The allocator settings `train` runs with, so the throughput rows measure its loop.
-    backend::keep_freed_memory();
+    // The allocator settings `train` runs with.
+    hostmem::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(
         args.next()
