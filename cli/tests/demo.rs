@@ -92,6 +92,12 @@ fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
             trainer.as_os_str(),
             "--steps".as_ref(),
             "160".as_ref(),
+            // The trace's windows are simulated time, scaled to the reference run's wall time:
+            // with a trainer this fast, attempt 1 trains for about a wall second, which the
+            // default one-second upload lag would swallow whole. The harsh service test and
+            // the README's demo keep the lag.
+            "--upload-lag-seconds".as_ref(),
+            "0".as_ref(),
         ],
     );
     let context = format!("report:\n{stdout}");

@@ -5,9 +5,12 @@
 //! persister copies them: burn's tensors are copy-on-write, so while the persister holds a
 //! handle the next optimizer step writes new buffers instead of updating in place, and the
 //! handed-over values stay as they were. On a GPU the loop copies to host memory at once (a
-//! deferred copy would hold a second copy of the state in scarcer device memory). Encoding
-//! streams the safetensors header (built by the `safetensors` crate) and then each tensor's
-//! bytes straight into the checkpoint writer, so a multi-GiB state is never copied twice.
+//! deferred copy would hold a second copy of the state in scarcer device memory). The price on
+//! the CPU: while the persister copies a tensor the step may already write its successor, so
+//! host memory briefly holds up to three versions of a tensor where a copy at hand-over needed
+//! two. Encoding streams the safetensors header (built by the `safetensors` crate) and then
+//! each tensor's bytes straight into the checkpoint writer, so a multi-GiB state is never
+//! copied twice.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
