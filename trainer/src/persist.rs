@@ -172,10 +172,11 @@ struct Watched {
 }
 
 /// Watches upload markers. The wait of the oldest checkpoint still on its way counts toward
-/// the pace only once the uploader has shown it writes markers (`seen_any`, or now): an
-/// uploader that writes none must not slow checkpointing down for ever, and one shipping a
-/// backlog in no particular order may take long to complete any single checkpoint. Pure over
-/// the filesystem's answers and the clock reading it is given.
+/// the pace: checkpoints written faster than the uploader ships them only queue (and at the
+/// end of a SageMaker job all of them are uploaded before it completes, on the bill). Until
+/// the uploader has shown it writes markers (`seen_any`, or now) the wait counts only up to
+/// [`NO_MARKERS_WARNING`]: an uploader that writes none must not slow checkpointing down
+/// further than that. Pure over the filesystem's answers and the clock reading it is given.
 fn watch_uploads(pending: &mut Vec<Pending>, now: Instant, seen_any: bool) -> Watched {
     let mut uploaded = Vec::new();
     let mut pace = None;
@@ -196,7 +197,7 @@ fn watch_uploads(pending: &mut Vec<Pending>, now: Instant, seen_any: bool) -> Wa
         .iter()
         .map(|p| now.saturating_duration_since(p.written))
         .max()
-        .filter(|_| markers);
+        .filter(|wait| markers || *wait <= NO_MARKERS_WARNING);
     if let Some(wait) = oldest_wait {
         if pace.is_none_or(|p| wait > p) {
             pace = Some(wait);
@@ -428,8 +429,16 @@ mod tests {
         let watch = |pending: &mut Vec<Pending>, at: u64, seen_any: bool| {
             watch_uploads(pending, t0 + Duration::from_secs(at), seen_any)
         };
-        // No upload seen yet: markers may not exist at all, so waiting sets no pace.
-        assert_eq!(watch(&mut pending, 15, false), Watched::default());
+        // No marker seen yet: the oldest's wait still sets the pace, up to the no-markers limit.
+        let w = watch(&mut pending, 15, false);
+        assert!(!w.markers && w.uploaded.is_empty());
+        assert_eq!(w.pace, Some(Duration::from_secs(15)));
+        let limit = NO_MARKERS_WARNING.as_secs();
+        assert_eq!(
+            watch(&mut pending, limit, false).pace,
+            Some(NO_MARKERS_WARNING)
+        );
+        assert_eq!(watch(&mut pending, limit + 1, false), Watched::default());
         let w = watch(&mut pending, 15, true);
         assert!(w.uploaded.is_empty());
         assert_eq!(
