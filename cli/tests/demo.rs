@@ -59,12 +59,15 @@ fn run_demo(dir: &Path, trace_json: &str, args: &[&std::ffi::OsStr]) -> (Value, 
         .arg("--trace")
         .arg(&trace)
         .args(["--seed", "11", "--no-install"])
-        // This test scripts the recovery paths (a SageMaker-internal restart, then relaunches
+        // These tests script the recovery paths (a SageMaker-internal restart, then relaunches
         // after MaxWait), so checkpoints must reach S3 within the scripted windows: uploads are
-        // unthrottled (still after the default lag). A 256 KiB/s uploader makes which
-        // checkpoint survives a matter of wall-clock luck; the harsh service test and the
-        // README's demo run with default settings cover it.
-        .args(["--upload-bandwidth", "0"])
+        // unthrottled and start at the next sync pass. The windows are simulated time scaled
+        // to the reference run's wall time, so a wall-clock uploader (256 KiB/s, a one-second
+        // lag) makes which checkpoint survives a matter of luck: with the Rust trainer's
+        // current speed its first attempt trains about one wall second, which the lag alone
+        // swallowed. The harsh service test and the README's demo run with the default
+        // uploader and cover it.
+        .args(["--upload-bandwidth", "0", "--upload-lag-seconds", "0"])
         .args(args)
         .output()
         .unwrap();
@@ -92,12 +95,6 @@ fn demo_recovers_through_every_path_and_reproduces_the_uninterrupted_weights() {
             trainer.as_os_str(),
             "--steps".as_ref(),
             "160".as_ref(),
-            // The trace's windows are simulated time, scaled to the reference run's wall time:
-            // with a trainer this fast, attempt 1 trains for about a wall second, which the
-            // default one-second upload lag would swallow whole. The harsh service test and
-            // the README's demo keep the lag.
-            "--upload-lag-seconds".as_ref(),
-            "0".as_ref(),
         ],
     );
     let context = format!("report:\n{stdout}");
