@@ -626,6 +626,9 @@ class Checkpointer:
             mine = next((s for s in steps if bound is None or s < bound), -1)
             step = -self._group.max([-mine])[0]
             if step < 0:
+                # Training starts over: a rank checkpoint no job commit covers (its attempt was
+                # reclaimed before every rank saved that step) would refuse the same step's save.
+                self._abandon_after(0)
                 return None
             name = f"{self.namespace}/step-{step:012d}"
             loaded = None
