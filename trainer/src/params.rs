@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -45,12 +45,13 @@ impl Path {
     }
 }
 
-struct Collector {
+struct HandOver {
     path: Path,
-    out: Vec<HostTensor>,
+    copy_now: bool,
+    out: Vec<PendingTensor>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collector {
+impl<B: Backend> ModuleVisitor<B> for HandOver {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.0.push(name.to_string());
     }
@@ -58,41 +59,8 @@ impl<B: Backend> ModuleVisitor<B> for Collector {
         self.path.0.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // The handle shares the parameter's buffer; a parameter is a leaf, with no graph.
         let t = param.val();
-        self.out.push(HostTensor {
-            name: self.path.name(),
-            shape: t.dims().to_vec(),
-            data: t.into_data(),
-        });
-    }
-}
-
-/// Copies every parameter to host memory, in module order.
-pub fn collect<B: Backend, M: Module<B>>(module: &M) -> Vec<HostTensor> {
-    let mut c = Collector {
-        path: Path(Vec::new()),
-        out: Vec::new(),
-    };
-    module.visit(&mut c);
-    c.out
-}
-
-struct HandOver {
-    path: Path,
-    copy_now: bool,
-    out: Vec<PendingTensor>,
-}
-
-impl<AB: AutodiffBackend> ModuleVisitor<AB> for HandOver {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.0.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.0.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
-        // The inner tensor: the handle shares the parameter's buffer, not its autodiff graph.
-        let t = param.val().inner();
         self.out.push(PendingTensor::of(
             self.path.name(),
             t.dims().to_vec(),
@@ -103,10 +71,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for HandOver {
 }
 
 /// Hands every parameter over for a checkpoint, in module order (see [`PendingTensor`]).
-pub fn hand_over<AB: AutodiffBackend, M: Module<AB>>(
-    module: &M,
-    copy_now: bool,
-) -> Vec<PendingTensor> {
+pub fn hand_over<B: Backend, M: Module<B>>(module: &M, copy_now: bool) -> Vec<PendingTensor> {
     let mut h = HandOver {
         path: Path(Vec::new()),
         copy_now,
@@ -114,6 +79,14 @@ pub fn hand_over<AB: AutodiffBackend, M: Module<AB>>(
     };
     module.visit(&mut h);
     h.out
+}
+
+/// Copies every parameter to host memory, in module order.
+pub fn collect<B: Backend, M: Module<B>>(module: &M) -> Vec<HostTensor> {
+    hand_over(module, true)
+        .into_iter()
+        .map(PendingTensor::into_host)
+        .collect()
 }
 
 /// The parameter names and shapes, in module order.
