@@ -143,9 +143,9 @@ pub struct Demo {
     #[arg(long, default_value = "examples/pytorch/train.py")]
     pub script: PathBuf,
     /// Optimizer steps, the run's length [default: 600 for rust (~0.05 s each on 2 cores),
-    /// 6000 for pytorch (~0.006 s each: the script's ~13–15 s of start-up on 2 cores, ~5 s of
-    /// it importing torch, must stay a small part of the run the simulated hours are
-    /// calibrated on)].
+    /// 6000 for pytorch (1–6 ms each on 2 cores, measured on different days; the script's
+    /// start-up, 4–15 s with ~5 s of importing torch, is a large part of the run the simulated
+    /// hours are calibrated on, so a reclaim can catch a process before its first step)].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Simulated hours the uninterrupted run's wall time maps to.

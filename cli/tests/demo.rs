@@ -199,16 +199,36 @@ fn run_pytorch_demo(dir: &Path, args: &[&str]) -> (Value, String, PathBuf) {
     run_demo(dir, PYTORCH_TRACE, &all)
 }
 
-/// The recovery paths of [`TRACE`] for the PyTorch job. A Python process spends ~13–15 s (~5 s
-/// of it importing torch) before its first step, a quarter to a third of the reference's wall
-/// time (which the time scale maps to four simulated hours), and each process trains at its
-/// own pace, so the outages are placed by those shares rather than at the Rust job's times: the
-/// short one at 1.8 h, when the first process has been training for a while, and the long one
-/// at 4.2 h, when the restarted process has started again and still has a good part of the run
-/// ahead of it.
+/// No process after the lineage's first started over: each one that reached its restore
+/// decision resumed from a checkpoint the package wrote, and at least one did. A process the
+/// reclaim caught while still starting up (importing torch, compressed by the time scale) never
+/// reached that decision: it trained nothing and has nothing to resume, as on real spot
+/// capacity, and the report says so (`started: false`).
+fn assert_later_processes_resumed(processes: &[Value], context: &str) {
+    let mut resumed = 0;
+    for p in &processes[1..] {
+        if p["started"] == true {
+            assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
+            resumed += 1;
+        } else {
+            assert_eq!(p["last_step"], 0, "{p}; {context}");
+        }
+    }
+    assert!(resumed >= 1, "{context}");
+}
+
+/// The recovery paths of [`TRACE`] for the PyTorch job. A Python process spends seconds before
+/// its first step (importing torch, restoring), a large share of the reference's wall time
+/// (which the time scale maps to four simulated hours): measured on 2 cores, ~13–15 s of a
+/// ~50 s reference once, ~4.5 s of ~10.5 s (6000 steps at ~1 ms) on 2026-11-30. Each process
+/// trains at its own pace, so the outages are placed by those shares rather than at the Rust
+/// job's times: the short one at 1.8 h, when the first process has trained for a while, and
+/// the long one at 5 h, inside the window in which the restarted process trains under either
+/// measurement (from ~3.6 h to ~5.8 h, and from ~4.3 h to ~6.1 h). Outside it the test still
+/// holds (see [`assert_later_processes_resumed`]), but covers less.
 const PYTORCH_TRACE: &str = r#"{"outages": [
     {"at_seconds": 6480, "duration_seconds": 600, "instance_type": "ml.g4dn.xlarge"},
-    {"at_seconds": 15120, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}
+    {"at_seconds": 18000, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}
 ]}"#;
 
 /// The same recovery paths for a PyTorch script, with the demo's default checkpoint settings
@@ -234,12 +254,9 @@ fn a_pytorch_demo_job_recovers_through_every_path_to_the_uninterrupted_weights()
         "Completed/Completed",
         "{context}"
     );
-    // Every process after the first resumed from a checkpoint the package wrote.
     let processes = report["processes"].as_array().unwrap();
     assert!(processes.len() >= 3, "{context}");
-    for p in &processes[1..] {
-        assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
-    }
+    assert_later_processes_resumed(processes, &context);
     assert_eq!(report["weights_match"], true, "{context}");
     let files: Vec<&str> = report["weights_detail"]
         .as_array()
@@ -304,19 +321,11 @@ fn a_two_instance_pytorch_demo_job_recovers_as_one_job_to_the_uninterrupted_weig
             assert_eq!(savings["instance_count"], 2, "{context}");
         }
     }
-    // Every later process of rank 0's host that trained resumed from a complete step. (One the
-    // reclaim caught still starting up — two torch imports and a gloo rendezvous, compressed
-    // by the time scale — never trained and has nothing to resume.)
+    // Every later process of rank 0's host resumed from a complete step (the rank's
+    // checkpoint of the job commit).
     let processes = report["processes"].as_array().unwrap();
     assert!(processes.len() >= 3, "{context}");
-    let mut resumed = 0;
-    for p in &processes[1..] {
-        if p["last_step"].as_u64() > Some(0) || !p["resumed_from"].is_null() {
-            assert!(p["resumed_from"].as_u64() > Some(0), "{p}; {context}");
-            resumed += 1;
-        }
-    }
-    assert!(resumed >= 1, "{context}");
+    assert_later_processes_resumed(processes, &context);
     assert_eq!(report["weights_match"], true, "{context}");
     // The lineage's checkpoint prefix in S3 (the embedded S3 keeps objects as files) holds
     // both ranks' checkpoints and the job commits; its newest complete step is the run's last.

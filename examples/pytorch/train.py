@@ -232,6 +232,8 @@ def main(argv=None) -> int:
     events = Events(args.log_format == "json")
     if step:
         events.emit("resumed", step=step, epoch=epoch)
+    else:
+        events.emit("fresh_start", step=0)
     if not events.enabled:
         print(f"ready step={step} epoch={epoch} total={total}", flush=True)
     blocked = 0.0

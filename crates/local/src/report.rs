@@ -39,7 +39,10 @@ pub struct ProcessLog {
     pub job: String,
     /// Instance number.
     pub instance: u32,
-    /// Step resumed from (`None`: fresh start).
+    /// Whether the process reached its restore decision (a `resumed` or `fresh_start` line).
+    /// One the reclaim caught earlier, still starting up, trained nothing and lost nothing.
+    pub started: bool,
+    /// Step resumed from (`None`: a fresh start, or no decision reached).
     pub resumed_from: Option<u64>,
     /// Last step reached.
     pub last_step: u64,
@@ -64,7 +67,11 @@ pub fn parse_log(job: &str, instance: u32, text: &str) -> ProcessLog {
         };
         let step = v.get("step").and_then(|s| s.as_u64());
         match v.get("event").and_then(|e| e.as_str()) {
-            Some("resumed") => p.resumed_from = step,
+            Some("resumed") => {
+                p.resumed_from = step;
+                p.started = true;
+            }
+            Some("fresh_start") => p.started = true,
             Some("step") => p.last_step = p.last_step.max(step.unwrap_or(0)),
             Some("checkpoint_saved") => {
                 p.checkpoints += 1;
@@ -92,6 +99,27 @@ pub fn parse_log(job: &str, instance: u32, text: &str) -> ProcessLog {
         p.last_step = p.last_step.max(r);
     }
     p
+}
+
+/// The steps each process of the lineage redid: how far the previous process that started got,
+/// less the step this one resumed from (with whether that previous count is exact). Processes
+/// that never reached their restore decision are skipped: they redid nothing, and the next
+/// one resumes from what the last one that trained left.
+fn lost_steps(processes: &[ProcessLog]) -> Vec<(String, u64, bool)> {
+    let mut lost = Vec::new();
+    let mut prev: Option<&ProcessLog> = None;
+    for next in processes.iter().filter(|p| p.started) {
+        if let Some(prev) = prev {
+            lost.push((
+                format!("{} #{}", next.job, next.instance),
+                prev.last_step
+                    .saturating_sub(next.resumed_from.unwrap_or(0)),
+                prev.exact,
+            ));
+        }
+        prev = Some(next);
+    }
+    lost
 }
 
 /// One row of the timeline.
@@ -378,17 +406,7 @@ pub fn build(jobs: &[JobView], inputs: Inputs<'_>) -> Report {
             matches!((parent, &r.instance_type), (Some(p), Some(t)) if &p.instance_type != t)
         })
         .count() as u32;
-    // Lost steps: consecutive processes of the lineage.
-    let mut lost_steps = Vec::new();
-    for w in inputs.processes.windows(2) {
-        let (prev, next) = (&w[0], &w[1]);
-        let resumed = next.resumed_from.unwrap_or(0);
-        lost_steps.push((
-            format!("{} #{}", next.job, next.instance),
-            prev.last_step.saturating_sub(resumed),
-            prev.exact,
-        ));
-    }
+    let lost_steps = lost_steps(&inputs.processes);
     let stall: f64 = inputs.processes.iter().map(|p| p.stall_seconds).sum();
     let process_wall: f64 = jobs
         .iter()
@@ -620,9 +638,30 @@ not json
             (p.resumed_from, p.last_step, p.exact, p.checkpoints),
             (Some(40), 70, false, 1)
         );
+        assert!(p.started);
         let p = parse_log("j", 1, r#"{"event":"stopped","step":65}"#);
         assert_eq!((p.last_step, p.exact), (65, true));
         let p = parse_log("j", 1, r#"{"event":"completed","steps":300}"#);
         assert_eq!(p.last_step, 300);
+    }
+
+    #[test]
+    fn a_process_that_never_started_neither_loses_steps_nor_hides_them() {
+        let log = |instance, text| parse_log("j", instance, text);
+        let first = log(
+            1,
+            "{\"event\":\"fresh_start\",\"step\":0}\n{\"event\":\"step\",\"step\":120}",
+        );
+        let killed_starting_up = log(2, "not json: importing\n");
+        let third = log(3, r#"{"event":"resumed","step":100}"#);
+        let fresh_again = log(4, r#"{"event":"fresh_start","step":0}"#);
+        assert!(first.started && !killed_starting_up.started && third.started);
+        assert_eq!(
+            lost_steps(&[first, killed_starting_up, third, fresh_again]),
+            [
+                ("j #3".to_owned(), 20, false),
+                ("j #4".to_owned(), 100, false)
+            ]
+        );
     }
 }
