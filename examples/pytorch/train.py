@@ -90,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--print-steps", action="store_true", help="print a line per step (tests)")
     p.add_argument("--log-format", choices=["text", "json"], default=hp.get("log_format", "text"),
                    help="json: one JSON event per line on stdout, as the Rust trainer logs "
-                        "(resumed, step, checkpoint_saved, stopped, completed)")
+                        "(fresh_start, resumed, step, checkpoint_saved, stopped, completed)")
     p.add_argument("--log-every-steps", type=int, default=int(hp.get("log_every_steps", 10)),
                    help="a step event every N steps (json log format)")
     return p.parse_args(argv)
