@@ -140,15 +140,21 @@ class Schedule:
 GONE, UPLOADED, UPLOADING, WAITING = "gone", "uploaded", "uploading", "waiting"
 
 
+#: How long the oldest pending checkpoint's wait floors the pace before the uploader has shown
+#: any marker: an uploader that writes none must not slow checkpointing down for ever.
+NO_MARKERS_SECONDS = 600.0
+
+
 class UploadWatch:
     """How fast the uploader ships checkpoints, from SageMaker's upload markers.
 
     The pace is how long the checkpoint just seen fully uploaded took since it became durable,
-    or how long the oldest one still on its way has waited, whichever is longer. That wait
-    counts only once the uploader has shown it writes markers (a checkpoint fully uploaded, or
-    any marker beside a pending one's files): an uploader that writes none must not slow
-    checkpointing down for ever, and one shipping a backlog in no particular order may take
-    long to complete any single checkpoint.
+    or how long the oldest one still on its way has waited, whichever is longer: a backlog
+    shipped in no particular order may take long to complete any single checkpoint. Before the
+    uploader has shown it writes markers (a checkpoint fully uploaded, or any marker beside a
+    pending one's files) that wait counts up to :data:`NO_MARKERS_SECONDS`, so that a cheap
+    save does not queue dozens of checkpoints behind a slow uploader in a job's first seconds.
+    The Rust trainer's persister applies the same rule.
     """
 
     def __init__(self) -> None:
@@ -177,8 +183,14 @@ class UploadWatch:
                 self.seen_any = True
             still.append((directory, written))
         self.pending = still
-        if still and self.seen_any:
+        if still:
             oldest_wait = max(now - written for _, written in still)
-            if pace is None or oldest_wait > pace:
+            counts = self.seen_any or oldest_wait <= NO_MARKERS_SECONDS
+            if counts and (pace is None or oldest_wait > pace):
                 pace = oldest_wait
         return pace
+
+    def silent(self, now: float) -> bool:
+        """Whether a checkpoint has waited past :data:`NO_MARKERS_SECONDS` and the uploader has
+        shown no marker at all: its sync may not be running."""
+        return not self.seen_any and any(now - w > NO_MARKERS_SECONDS for _, w in self.pending)

@@ -310,6 +310,7 @@ class Checkpointer:
         self._schedule = _interval.Schedule(interruptions_per_hour, every_steps, every_seconds, adaptive)
         self._uploads = _interval.UploadWatch()
         self._uploads_checked = 0.0
+        self._warned_no_markers = False
         self._durable_step: Optional[int] = None
         self._in_flight_step: Optional[int] = None
         self._restarts = 0
@@ -347,6 +348,12 @@ class Checkpointer:
             pace = self._uploads.check(now, _upload_state)
             if pace is not None:
                 self._schedule.upload_pace(pace)
+            if not self._warned_no_markers and self._uploads.silent(now):
+                self._warned_no_markers = True
+                log.warning(
+                    "no checkpoint has been seen fully uploaded (no .sagemaker-uploaded markers): "
+                    "retention keeps every checkpoint until one is; check that the checkpoint sync runs"
+                )
         if self._group is not None:
             if "due" not in self._unread:
                 self._agree()

@@ -124,20 +124,26 @@ def test_a_saves_cost_includes_the_slowdown_of_the_steps_it_overlapped():
     assert s.last_cost == 0.01
 
 
-def test_the_upload_watch_measures_shipping_and_waits_only_once_markers_were_seen():
+def test_the_upload_watch_measures_shipping_and_waits_without_markers_only_so_long():
     w = _interval.UploadWatch()
     state = {"a": _interval.WAITING, "b": _interval.WAITING}
     w.written("a", 0.0)
     w.written("b", 10.0)
-    # No marker seen yet: an uploader without markers must not slow checkpointing for ever.
-    assert w.check(500.0, state.get) is None
+    # No marker seen yet: the oldest wait still floors the pace (a slow uploader's first
+    # seconds), up to a limit: an uploader without markers must not slow checkpointing for ever.
+    assert w.check(500.0, state.get) == 500.0
+    assert not w.silent(500.0)
+    limit = _interval.NO_MARKERS_SECONDS
+    assert w.check(limit + 1.0, state.get) is None
+    assert w.silent(limit + 1.0), "no marker in all that time: the sync may not be running"
     state["a"] = _interval.UPLOADED
-    assert w.check(600.0, state.get) == 600.0, "a waited longest and just landed"
+    assert w.check(800.0, state.get) == 800.0, "a waited longest and just landed"
     assert w.pending == [("b", 10.0)]
-    # Once markers are known to come, the oldest wait counts.
-    assert w.check(700.0, state.get) == 690.0
+    # Once markers are known to come, the oldest wait counts however long it is.
+    assert w.check(900.0, state.get) == 890.0
+    assert not w.silent(900.0)
     state["b"] = _interval.GONE  # retention deleted it
-    assert w.check(800.0, state.get) is None and w.pending == []
+    assert w.check(1000.0, state.get) is None and w.pending == []
 
 
 def test_a_marker_on_any_file_shows_the_uploader_is_there():
