@@ -41,11 +41,12 @@ pub struct MarketFlags {
     /// killed at once, as AWS may do (default 0.5).
     #[arg(long)]
     pub reclaim_warning_probability: Option<f64>,
-    /// Seconds before the checkpoint uploader picks a new file up (default 1).
+    /// Simulated seconds before the checkpoint uploader picks a new file up (serve: 1, demo:
+    /// 60).
     #[arg(long)]
     pub upload_lag_seconds: Option<f64>,
-    /// Checkpoint upload bandwidth in bytes per second; 0 for unlimited (serve: 100000000,
-    /// demo: 262144).
+    /// Checkpoint upload bandwidth in bytes per simulated second; 0 for unlimited (serve:
+    /// 100000000, demo: 262144).
     #[arg(long)]
     pub upload_bandwidth: Option<u64>,
 }

@@ -59,15 +59,6 @@ fn run_demo(dir: &Path, trace_json: &str, args: &[&std::ffi::OsStr]) -> (Value, 
         .arg("--trace")
         .arg(&trace)
         .args(["--seed", "11", "--no-install"])
-        // These tests script the recovery paths (a SageMaker-internal restart, then relaunches
-        // after MaxWait), so checkpoints must reach S3 within the scripted windows: uploads are
-        // unthrottled and start at the next sync pass. The windows are simulated time scaled
-        // to the reference run's wall time, so a wall-clock uploader (256 KiB/s, a one-second
-        // lag) makes which checkpoint survives a matter of luck: with the Rust trainer's
-        // current speed its first attempt trains about one wall second, which the lag alone
-        // swallowed. The harsh service test and the README's demo run with the default
-        // uploader and cover it.
-        .args(["--upload-bandwidth", "0", "--upload-lag-seconds", "0"])
         .args(args)
         .output()
         .unwrap();

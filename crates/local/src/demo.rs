@@ -95,7 +95,7 @@ pub struct DemoConfig {
     pub long_outage_probability: f64,
     /// Probability that a reclaim warns the trainer (SIGTERM) rather than killing it.
     pub reclaim_warning_probability: f64,
-    /// The checkpoint uploader's lag and bandwidth (wall time).
+    /// The checkpoint uploader's lag and bandwidth (simulated time).
     pub upload: UploadLimits,
     /// Wall seconds the trainer gets between SIGTERM and SIGKILL (at least SageMaker's 120
     /// simulated seconds).
@@ -130,7 +130,7 @@ impl DemoConfig {
             long_outage_probability: 0.2,
             reclaim_warning_probability: 0.5,
             upload: UploadLimits {
-                lag: Duration::from_secs(1),
+                lag: Duration::from_secs(60),
                 bandwidth: Some(256 << 10),
             },
             grace_wall_seconds: 3.0,

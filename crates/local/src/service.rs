@@ -55,7 +55,7 @@ pub struct ServiceConfig {
     pub grace_seconds: f64,
     /// Wall time between checkpoint sync passes.
     pub sync_interval: Duration,
-    /// How fast the checkpoint sync uploads (wall time): its lag and bandwidth.
+    /// How fast the checkpoint sync uploads (simulated time): its lag and bandwidth.
     pub upload: UploadLimits,
     /// The spot market.
     pub market: MarketConfig,
@@ -1042,7 +1042,7 @@ async fn download(
             uri,
             layout.container_path(&req.checkpoint_local_path),
             ChaCha8Rng::from_seed(seed32),
-            inner.config.upload,
+            inner.config.upload.in_wall_time(inner.config.time_scale),
         )
         .map_err(|e| e.to_string())?;
         sync.download()
