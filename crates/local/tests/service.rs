@@ -344,11 +344,13 @@ fn uploads_since_start(job: &spotcheck_local::service::JobView) -> (usize, usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwarned_reclaims_and_a_slow_uploader_lose_no_work_with_default_settings() {
     // As harsh as AWS may be: two reclaims without SIGTERM, and a checkpoint uploader that
-    // takes a second or more per checkpoint while the trainer (default settings) would
-    // checkpoint far more often. Judged by the local disk alone, retention deleted
+    // takes a second or more per checkpoint. Judged by the local disk alone, retention deleted
     // checkpoints S3 had and kept ones it did not, so a reclaim could leave nothing valid in S3.
-    // The reclaims are injected once the running process has had two checkpoints uploaded, so
-    // the test does not depend on how fast this machine trains.
+    // The reclaims are injected once the running process has had two checkpoints uploaded.
+    // With default settings this model's adaptive interval is ~8 s (Young's optimum for a
+    // ~5 ms persist at 0.5 interruptions an hour), so a process needs ~10 s for two uploads:
+    // the run is 30000 steps (~35 s on 2 cores) so that the second restarted process still has
+    // work left when it gets there. (At 6000 steps the run sometimes ended first.)
     let dir = tempfile::tempdir().unwrap();
     let mut service = ServiceConfig::new(dir.path().join("service"), trainer());
     service.fast_forward = true;
@@ -368,7 +370,7 @@ async fn unwarned_reclaims_and_a_slow_uploader_lose_no_work_with_default_setting
         ("model_hidden", "16"),
         ("batch_size", "32"),
         ("epochs", "100000"),
-        ("max_steps", "6000"),
+        ("max_steps", "30000"),
         ("backend", "cpu"),
     ];
     let sm = stack.sagemaker_client();
@@ -498,6 +500,9 @@ async fn a_two_instance_job_loses_one_host_and_restarts_both() {
         ("batch_size", "32"),
         ("epochs", "100000"),
         ("max_steps", "4000"),
+        // Each host checkpoints every 100 steps (not the adaptive interval, ~8 s for this
+        // model: a run of a few seconds could end before both hosts had two uploaded).
+        ("checkpoint_every_steps", "100"),
         ("backend", "cpu"),
     ];
     let sm = stack.sagemaker_client();
