@@ -16,9 +16,9 @@ from typing import List
 from conftest import child_env, example_args, nth_line, python, read_lines_until, validate
 
 WORLD = 2
-KILLS = 6
+KILLS = 8
 SEED = int(os.environ.get("SPOTCHECK_KILL_SEED", "20261130"))
-RUN_ARGS = ["--epochs", "6", "--every-steps", "4", "--no-adaptive", "--keep", "2"]
+RUN_ARGS = ["--model", "convnet", "--epochs", "6", "--every-steps", "4", "--no-adaptive", "--keep", "2"]
 
 
 def free_port() -> int:

@@ -40,7 +40,7 @@ def test_sigkill_at_random_moments_then_resume_ends_byte_identical(tmp_path):
     """20 SIGKILLs, about half aimed at saves in flight; model and optimizer state at the end
     equal an uninterrupted run's byte for byte (deterministic algorithms on CPU, one thread),
     through a StatefulDataLoader resumed mid-epoch."""
-    run_args = ["--model", "convnet", "--epochs", "10", "--every-steps", "4", "--no-adaptive", "--keep", "2"]
+    run_args = ["--model", "convnet", "--epochs", "40", "--every-steps", "4", "--no-adaptive", "--keep", "2"]
     ref = tmp_path / "reference"
     done = subprocess.run(
         [python(), *example_args(ref / "ckpt", ref / "model", *run_args, "--final-state", str(ref / "final"))],
