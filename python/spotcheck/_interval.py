@@ -7,13 +7,16 @@ correction is ``sqrt(2CM)·(1 + sqrt(C/2M)/3 + C/18M) − C`` for C < 2M, and M 
 interval is never shorter than the last save took to become durable (one save in flight), nor
 than the uploader takes to ship one to S3 (checkpointing faster only grows its backlog, so the
 newest checkpoint in S3 falls ever further behind). Observed restarts only ever shorten M.
+C is measured once per save and one measurement is noisy (a step descheduled on a busy host
+can multiply it), so the interval uses the median of the last few saves' costs.
 Pure: times and the filesystem's answers are passed in.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, List, Optional, Tuple
 
 
 def daly_interval(cost: float, mtbf: float) -> float:
@@ -52,6 +55,17 @@ def agreement_gap(cost: float, step_seconds: float) -> int:
     return max(0, min(by_share, by_latency))
 
 
+#: How many recent saves' costs the adaptive interval's median is taken over: an odd number, so
+#: one outlier in the window never becomes the median.
+RECENT_COSTS = 5
+
+
+def lower_median(values) -> float:
+    """The lower median (of two, the smaller: a shorter interval loses less work)."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 class Schedule:
     """Decides, at step boundaries, whether a periodic checkpoint is due.
 
@@ -78,6 +92,7 @@ class Schedule:
         #: The last save's full cost: the loop's blocked time plus the slowdown of the steps
         #: that ran while it was written (see :meth:`tick`).
         self.last_cost = 0.0
+        self._costs: Deque[float] = deque(maxlen=RECENT_COSTS)
         #: Typical seconds per step with no save in flight (a moving average).
         self.idle_step: Optional[float] = None
         self._last_tick: Optional[float] = None
@@ -124,12 +139,13 @@ class Schedule:
     def persisted(self, persist_seconds: float, restarts: int, run_seconds: float) -> None:
         """A save became durable after ``persist_seconds``: recompute the adaptive interval."""
         self.last_cost = self.last_stall + self._slowdown
+        self._costs.append(self.last_cost)
         self._slowdown = 0.0
         if not self.adaptive:
             return
         m = mtbf(self.interruptions_per_hour, restarts, run_seconds)
         if m is not None:
-            self.interval = max(daly_interval(self.last_cost, m), persist_seconds)
+            self.interval = max(daly_interval(lower_median(self._costs), m), persist_seconds)
 
     def upload_pace(self, seconds: float) -> None:
         """The uploader needs ``seconds`` per checkpoint: the adaptive interval's floor."""

@@ -337,6 +337,30 @@ def test_the_interval_is_paced_by_the_upload_markers_it_observes(clean_env, tmp_
     ckpt.close()
 
 
+def test_an_uploader_that_shows_no_marker_is_warned_about_once(clean_env, tmp_path, monkeypatch, caplog):
+    import time
+
+    import spotcheck.torch
+
+    monkeypatch.setattr(spotcheck.torch, "UPLOAD_CHECK_SECONDS", 0.0)
+    root = tmp_path / "ckpt"
+    ckpt = Checkpointer(root, synced=True, handle_signals=False)
+    ckpt.save(1, x=torch.ones(3))
+    ckpt.wait()
+    warning = "no checkpoint has been seen fully uploaded"
+    ckpt.due(2)
+    assert warning not in caplog.text, "a checkpoint only just written is no sign of a silent uploader"
+    later = time.monotonic() + 700.0  # past NO_MARKERS_SECONDS, and still no marker anywhere
+    monkeypatch.setattr(spotcheck.torch.time, "monotonic", lambda: later)
+    ckpt.due(3)
+    ckpt.due(4)
+    assert caplog.text.count(warning) == 1, caplog.text
+    # The pace it stops counting: the oldest wait no longer floors the interval.
+    assert ckpt._uploads.check(later, lambda _: "waiting") is None
+    monkeypatch.undo()
+    ckpt.close()
+
+
 def test_a_failed_save_is_raised_by_wait_and_keeps_the_previous_checkpoint(clean_env, tmp_path):
     root = tmp_path / "ckpt"
     with Checkpointer(root, handle_signals=False) as ckpt:

@@ -124,6 +124,23 @@ def test_a_saves_cost_includes_the_slowdown_of_the_steps_it_overlapped():
     assert s.last_cost == 0.01
 
 
+def test_one_outlying_saves_cost_does_not_move_the_interval():
+    s = _interval.Schedule(interruptions_per_hour=1.0)
+    for stall in (2.0, 2.1, 1.9):
+        s.saved(0.0, stall=stall)
+        s.persisted(6.0, restarts=0, run_seconds=100.0)
+    steady = s.interval
+    s.saved(0.0, stall=5.0)  # one save on a host that descheduled the loop
+    s.persisted(6.0, restarts=0, run_seconds=100.0)
+    assert s.interval == steady
+    for _ in range(2):  # a lasting change is followed once it is most of the window
+        s.saved(0.0, stall=8.0)
+        s.persisted(6.0, restarts=0, run_seconds=100.0)
+    # Young with C = 5 s (the median of 2.1, 1.9, 5, 8, 8), M = 1 h: about 186 s after Daly.
+    assert 185.0 < s.interval < 200.0 and s.interval > steady
+    assert _interval.lower_median([3.0, 1.0]) == 1.0
+
+
 def test_the_upload_watch_measures_shipping_and_waits_without_markers_only_so_long():
     w = _interval.UploadWatch()
     state = {"a": _interval.WAITING, "b": _interval.WAITING}

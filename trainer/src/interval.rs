@@ -8,7 +8,12 @@
 //! while the persist was in flight ([`Interference`]) — on a CPU-bound host the persister's
 //! copy, hashing and writing take cores and memory bandwidth from training; on a GPU they
 //! mostly do not.
+//!
+//! C is measured once per persist, and one measurement is noisy: a step descheduled on a busy
+//! host can multiply it. The planner uses the median of the last few ([`Recent`]), so one
+//! outlier neither stretches nor shrinks the interval for the rest of the process.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Daly's optimum checkpoint interval.
@@ -131,6 +136,31 @@ impl Interference {
     }
 }
 
+/// How many of the latest measurements [`Recent`] keeps: an odd number, so one outlier in the
+/// window never becomes the median.
+const RECENT: usize = 5;
+
+/// The latest few measurements of the checkpoint cost, summarised by their median.
+#[derive(Debug, Clone, Default)]
+struct Recent(VecDeque<Duration>);
+
+impl Recent {
+    fn add(&mut self, d: Duration) {
+        if self.0.len() == RECENT {
+            self.0.pop_front();
+        }
+        self.0.push_back(d);
+    }
+
+    /// The lower median (of two, the smaller: a shorter interval loses less work), or `None`
+    /// before any measurement.
+    fn median(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.0.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len().saturating_sub(1) / 2).copied()
+    }
+}
+
 /// When to checkpoint: the fixed triggers, the adaptive Young/Daly interval, rebalance
 /// requests and retries after failures, as one pure state machine driven by the training loop
 /// at step boundaries (durations in, decisions out; no clock).
@@ -138,7 +168,7 @@ impl Interference {
 pub struct Planner {
     triggers: Triggers,
     adaptive_enabled: bool,
-    /// The adaptive interval from the last measured cost, before the upload floor.
+    /// The adaptive interval from the measured cost, before the upload floor.
     adaptive: Option<Duration>,
     /// How long the last checkpoint took to reach S3 (`Duration::ZERO` when nothing uploads).
     upload_floor: Duration,
@@ -147,8 +177,8 @@ pub struct Planner {
     failures: u32,
     /// The last persist's hand-over stall and time to durable, and the MTBF then.
     last: Option<(Duration, Duration, Duration)>,
-    /// What a persist in flight costs the loop's steps, once measured.
-    interference: Option<Duration>,
+    /// Recent persists' full cost: stall plus what the steps under them lost.
+    costs: Recent,
 }
 
 impl Planner {
@@ -163,7 +193,7 @@ impl Planner {
             rebalance_pending: false,
             failures: 0,
             last: None,
-            interference: None,
+            costs: Recent::default(),
         }
     }
 
@@ -210,8 +240,9 @@ impl Planner {
     /// A persist succeeded: `stall` is what the loop paid for its hand-over, `persist` the
     /// time to durable; `mtbf` the current estimate of the time between interruptions (`None`:
     /// no adaptive interval). Until [`Self::interfered`] tells what a persist costs the loop's
-    /// steps, the cost counts the whole persist time on top of the stall: an upper bound, so
-    /// the first interval errs long, never back to back.
+    /// steps, the first persist's cost counts its whole persist time on top of the stall: an
+    /// upper bound, so the first interval errs long, never back to back; later ones keep the
+    /// recent costs' median until theirs is known.
     pub fn persisted(&mut self, stall: Duration, persist: Duration, mtbf: Option<Duration>) {
         self.failures = 0;
         self.measured = true;
@@ -221,14 +252,16 @@ impl Planner {
 
     /// What the steps that ran under the last persist(s) lost to it ([`Interference`]).
     pub fn interfered(&mut self, extra: Duration) {
-        self.interference = Some(extra);
+        if let Some((stall, _, _)) = self.last {
+            self.costs.add(stall + extra);
+        }
         self.replan();
     }
 
     fn replan(&mut self) {
         if let (true, Some((stall, persist, mtbf))) = (self.adaptive_enabled, self.last) {
-            let extra = self.interference.unwrap_or(persist);
-            self.adaptive = Some(daly_interval(stall + extra, mtbf).max(persist));
+            let cost = self.costs.median().unwrap_or(stall + persist);
+            self.adaptive = Some(daly_interval(cost, mtbf).max(persist));
         }
     }
 
@@ -375,6 +408,46 @@ mod tests {
         assert_eq!(p.due(11, secs(30.0), false), Some(Why::Periodic));
         p.upload_pace(Duration::ZERO);
         assert_eq!(p.adaptive_interval(), Some(young));
+    }
+
+    #[test]
+    fn one_outlying_measurement_does_not_move_the_interval() {
+        // A host that descheduled the loop once during one persist: that persist's steps lost
+        // 5 s instead of ~2 s. The median of the recent persists ignores it.
+        let mut p = adaptive_only();
+        p.due(1, Duration::ZERO, false);
+        for extra in [2.0, 2.1, 1.9] {
+            p.persisted(Duration::ZERO, secs(6.0), Some(secs(3600.0)));
+            p.interfered(secs(extra));
+        }
+        let steady = p.adaptive_interval().unwrap();
+        p.persisted(Duration::ZERO, secs(6.0), Some(secs(3600.0)));
+        p.interfered(secs(5.0));
+        assert_eq!(p.adaptive_interval(), Some(steady));
+        // A lasting change is followed once it is most of the window.
+        for _ in 0..2 {
+            p.persisted(Duration::ZERO, secs(6.0), Some(secs(3600.0)));
+            p.interfered(secs(8.0));
+        }
+        let t = p.adaptive_interval().unwrap().as_secs_f64();
+        // Young with C = 5 s (the median of 2.1, 1.9, 5, 8, 8 is 5), M = 1 h: √36000 ≈ 190 s.
+        assert!((185.0..200.0).contains(&t), "{t}");
+        assert!(secs(t) > steady);
+    }
+
+    #[test]
+    fn the_median_of_recent_measurements_is_the_lower_one_and_forgets_old_ones() {
+        let mut r = Recent::default();
+        assert_eq!(r.median(), None);
+        r.add(secs(3.0));
+        assert_eq!(r.median(), Some(secs(3.0)));
+        r.add(secs(1.0));
+        assert_eq!(r.median(), Some(secs(1.0)), "of two, the shorter interval");
+        for _ in 0..RECENT {
+            r.add(secs(7.0));
+        }
+        assert_eq!(r.median(), Some(secs(7.0)));
+        assert_eq!(r.0.len(), RECENT);
     }
 
     #[test]
