@@ -144,9 +144,10 @@ pub struct Demo {
     #[arg(long, default_value = "examples/pytorch/train.py")]
     pub script: PathBuf,
     /// Optimizer steps, the run's length [default: 600 for rust (~0.05 s each on 2 cores),
-    /// 6000 for pytorch (1–6 ms each on 2 cores, measured on different days; the script's
-    /// start-up, 4–15 s with ~5 s of importing torch, is a large part of the run the simulated
-    /// hours are calibrated on, so a reclaim can catch a process before its first step)].
+    /// 18000 for pytorch (~1 ms each on 2 cores, 2026-12-01; the script's start-up, ~5 s of
+    /// it importing torch, is part of the run the simulated hours are calibrated on: the
+    /// longer the run, the smaller its share, so a reclaim rarely catches a process before its
+    /// first step)].
     #[arg(long)]
     pub steps: Option<u64>,
     /// Simulated hours the uninterrupted run's wall time maps to.
@@ -395,7 +396,7 @@ pub fn run_demo(args: Demo) -> Result<ExitCode> {
     config.upload = args.market.upload(config.upload)?;
     let steps = args.steps.unwrap_or(match args.framework {
         FrameworkFlag::Rust => 600,
-        FrameworkFlag::Pytorch => 6000,
+        FrameworkFlag::Pytorch => 18000,
     });
     if steps == 0 {
         bail!("--steps must be at least 1");
