@@ -214,12 +214,15 @@ fn assert_later_processes_resumed(processes: &[Value], context: &str) {
 /// reference (the default 18000 steps at ~0.85 ms). So the outages are placed by the
 /// processes' measured windows rather than at the Rust job's times: the short one at 1.8 h,
 /// when the first process has trained for ~50 min, and the long one at 3.9 h, when the
-/// restarted process trains (measured: from ~3.1 h to ~5.2 h; its checkpoints take ~16 min to
-/// download first). If the job runs r times as long as the reference did (the machine's speed
-/// moved between the two), that window is ~[2.24 + 0.92r, 2.24 + 3.0r] h, so the long outage
-/// meets it for r from ~0.55 to ~1.8. (At the old default of 6000 steps start-up was nearly
-/// half the reference and the margin was r from ~0.76 to ~1.7; with other tests loading the
-/// machine during the reference only, r was ~0.5 and the job completed before the outage.)
+/// restarted process trains (one run's timeline: its checkpoints downloaded by 2.24 h, its
+/// first step at ~3.1 h; its end, ~5.2 h, follows from the steps left at the pace it showed).
+/// If the job runs r times as long as the reference did (the machine's speed moved between
+/// the two), that window is ~[2.24 + 0.92r, 2.24 + 3.0r] h, so the long outage meets it for r
+/// from ~0.55 to ~1.8. (At the old default of 6000 steps start-up was nearly half the
+/// reference and the margin was r from ~0.76 to ~1.7; with other tests loading the machine
+/// during the reference only, r was ~0.5 and the job completed at 4.0 h, before the outage.)
+/// The two-instance job's restarted hosts, slower to start (both import torch and meet over
+/// gloo at once), were training (rank 0 at step 2988 → 4670) when the outage began in one run.
 const PYTORCH_TRACE: &str = r#"{"outages": [
     {"at_seconds": 6480, "duration_seconds": 600, "instance_type": "ml.g4dn.xlarge"},
     {"at_seconds": 14040, "duration_seconds": 216000, "instance_type": "ml.g4dn.xlarge"}

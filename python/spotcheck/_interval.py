@@ -89,9 +89,8 @@ class Schedule:
         self.upload_floor = 0.0
         self.last_save_at: Optional[float] = None
         self.last_stall = 0.0
-        #: The last save's full cost: the loop's blocked time plus the slowdown of the steps
-        #: that ran while it was written (see :meth:`tick`).
-        self.last_cost = 0.0
+        #: Recent saves' full costs, newest last: the loop's blocked time plus the slowdown of
+        #: the steps that ran while each was written (see :meth:`tick`).
         self._costs: Deque[float] = deque(maxlen=RECENT_COSTS)
         #: Typical seconds per step with no save in flight (a moving average).
         self.idle_step: Optional[float] = None
@@ -138,14 +137,18 @@ class Schedule:
 
     def persisted(self, persist_seconds: float, restarts: int, run_seconds: float) -> None:
         """A save became durable after ``persist_seconds``: recompute the adaptive interval."""
-        self.last_cost = self.last_stall + self._slowdown
-        self._costs.append(self.last_cost)
+        self._costs.append(self.last_stall + self._slowdown)
         self._slowdown = 0.0
         if not self.adaptive:
             return
         m = mtbf(self.interruptions_per_hour, restarts, run_seconds)
         if m is not None:
             self.interval = max(daly_interval(lower_median(self._costs), m), persist_seconds)
+
+    @property
+    def last_cost(self) -> float:
+        """The last save's full cost (0 before any)."""
+        return self._costs[-1] if self._costs else 0.0
 
     def upload_pace(self, seconds: float) -> None:
         """The uploader needs ``seconds`` per checkpoint: the adaptive interval's floor."""
