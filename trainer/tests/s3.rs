@@ -291,8 +291,10 @@ fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
     // later upload: the deadline is for the checkpoint); periodic uploads and the completion
     // prune S3.
     let ck = tmp.path().join("ck");
-    // 240 steps, so that each SIGTERM lands long before the end.
-    let keep = ["--hp", "keep_checkpoints=2", "--hp", "epochs=40"];
+    // 720 steps, so that each SIGTERM lands long before the end (a stop overshoots its step by
+    // the mirror's lag: one aimed at 60 stopped at 147 in CI, and the next run, aimed at 120,
+    // reached a 240-step run's end before its first upload).
+    let keep = ["--hp", "keep_checkpoints=2", "--hp", "epochs=120"];
     for at in [5, 60, 120] {
         let events = stop_at_with(&ck, &tmp.path().join("m"), &uri, at, &keep);
         let remote = remote_steps(&env, "p/algo-1/");
@@ -332,7 +334,7 @@ fn retention_prunes_s3_too_but_only_this_hosts_checkpoints() {
     assert_eq!(remote.len(), 2, "{remote:?}");
     assert_eq!(
         remote.last().map(String::as_str),
-        Some("p/algo-1/step-000000000240"),
+        Some("p/algo-1/step-000000000720"),
         "the completed run's checkpoint is kept"
     );
     assert_eq!(remote, local, "S3 keeps what the local root keeps");
